@@ -1,0 +1,142 @@
+"""The pipeline cost model of the design notes, in arrays.
+
+A stage covers nodes [p, q) (positions are cuts: cut p sits before node p, cut 0 carries the
+model input and cut L the output back to the source). Planners search over these arrays; this
+module is the single definition of what a plan costs, so planners, baselines, tests and the
+simulator's cross-checks all agree.
+
+Stage memory (documented contract): the parameters of its nodes plus the largest activation any
+of its nodes produces. Both grow when a stage grows, which the exact planner relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeweave.cost.cluster import Cluster
+from edgeweave.cost.profile import Profile
+from edgeweave.errors import UserError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Nodes [start, end) on `device` (an index into `PipelineModel.devices`)."""
+
+    start: int
+    end: int
+    device: int
+
+
+@dataclass
+class StageCosts:
+    compute_s: list[float]
+    transfer_in_s: list[float]  # into each stage (stage 0: the input from the source)
+    output_s: float  # last stage's output back to the source
+    memory_bytes: list[int]
+    bottleneck_s: float
+    latency_s: float
+    fits: bool
+
+    @property
+    def throughput_per_s(self) -> float:
+        return 1.0 / self.bottleneck_s if self.bottleneck_s > 0 else float("inf")
+
+
+@dataclass
+class PipelineModel:
+    """Profile and cluster turned into the arrays every planner uses."""
+
+    model: str
+    times: np.ndarray
+    params: np.ndarray
+    out_bytes: np.ndarray
+    cut_bytes: np.ndarray  # length L + 1
+    devices: list[str]
+    speed: np.ndarray
+    memory: np.ndarray
+    source: int
+    bandwidth: np.ndarray  # bytes/s, [from, to]; inf on the diagonal
+    latency: np.ndarray  # seconds, [from, to]; 0 on the diagonal
+    allowed: np.ndarray = field(default=None)  # bool, length L + 1: cuts a plan may use
+    node_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.times)
+        if self.allowed is None:
+            self.allowed = np.ones(n + 1, dtype=bool)
+        self.allowed[0] = self.allowed[n] = True
+        self.prefix_time = np.concatenate([[0.0], np.cumsum(self.times)])
+        self.prefix_params = np.concatenate([[0], np.cumsum(self.params)])
+
+    @classmethod
+    def build(cls, profile: Profile, cluster: Cluster, devices: list[str] | None = None) -> PipelineModel:
+        names = devices or cluster.device_names
+        if cluster.source not in names:
+            names = [cluster.source, *names]
+        n = len(names)
+        bw = np.full((n, n), np.inf)
+        lat = np.zeros((n, n))
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                if i != j:
+                    link = cluster.link(a, b)
+                    bw[i, j] = link.bandwidth_bps / 8.0
+                    lat[i, j] = link.latency_s
+        devs = [cluster.devices[d] for d in names]
+        return cls(
+            model=profile.model, times=profile.times, params=profile.param_bytes, out_bytes=profile.out_bytes,
+            cut_bytes=profile.cut_bytes.astype(np.int64), devices=list(names),
+            speed=np.array([d.speed for d in devs], dtype=np.float64),
+            memory=np.array([d.memory_bytes for d in devs], dtype=np.int64),
+            source=names.index(cluster.source), bandwidth=bw, latency=lat,
+            node_names=[nd.name for nd in profile.nodes],
+        )
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.times)
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def compute(self, start: int, end: int, device: int) -> float:
+        return float(self.prefix_time[end] - self.prefix_time[start]) / float(self.speed[device])
+
+    def stage_memory(self, start: int, end: int) -> int:
+        return int(self.prefix_params[end] - self.prefix_params[start] + self.out_bytes[start:end].max())
+
+    def transfer(self, cut: int, src: int, dst: int) -> float:
+        if src == dst:
+            return 0.0
+        return float(self.latency[src, dst] + self.cut_bytes[cut] / self.bandwidth[src, dst])
+
+    def evaluate(self, stages: list[Stage]) -> StageCosts:
+        """Costs of a stage list under the design notes' model (contiguity is checked)."""
+        if not stages or stages[0].start != 0 or stages[-1].end != self.num_nodes:
+            raise ValueError("stages must cover every node from the first to the last")
+        for a, b in zip(stages, stages[1:], strict=False):
+            if a.end != b.start or a.device == b.device:
+                raise ValueError("stages must be contiguous and on distinct consecutive devices")
+        if len({s.device for s in stages}) != len(stages):
+            raise ValueError("a device hosts at most one stage")
+        compute = [self.compute(s.start, s.end, s.device) for s in stages]
+        prev = [self.source] + [s.device for s in stages[:-1]]
+        transfer_in = [self.transfer(s.start, p, s.device) for s, p in zip(stages, prev, strict=True)]
+        output = self.transfer(self.num_nodes, stages[-1].device, self.source)
+        memory = [self.stage_memory(s.start, s.end) for s in stages]
+        fits = all(m <= self.memory[s.device] for m, s in zip(memory, stages, strict=True))
+        everything = compute + transfer_in + [output]
+        return StageCosts(compute, transfer_in, output, memory, max(everything), sum(everything), fits)
+
+    def transfer_matrix(self, cut: int) -> np.ndarray:
+        """Transfer time of cut `cut` for every (from, to) pair; 0 on the diagonal."""
+        t = self.latency + self.cut_bytes[cut] / self.bandwidth
+        np.fill_diagonal(t, 0.0)
+        return t
+
+    def require_some_device(self) -> None:
+        if self.num_devices == 0:
+            raise UserError("the cluster has no devices")
