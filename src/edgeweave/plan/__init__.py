@@ -1,0 +1,1 @@
+"""Planners: pure functions from (profile, cluster, objective) to a `Plan`."""
