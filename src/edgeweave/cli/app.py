@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from edgeweave.cli import cluster_cmd, model_cmd
+from edgeweave.cli import cluster_cmd, model_cmd, plan_cmd
 from edgeweave.cli.common import err_console
 from edgeweave.errors import UserError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 model_cmd.register(app)
+plan_cmd.register(app)
 app.add_typer(cluster_cmd.app, name="cluster")
 
 

@@ -1,0 +1,100 @@
+"""Capture must be exact: running the operator graph node by node reproduces the model's output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeweave.graph import GraphRunner, OpGraph, capture
+from edgeweave.zoo import load_model
+
+# Full-size models that capture in seconds; the big ViTs run at reduced depth here and at full
+# size in the slow-marked test below (and in benchmarks/capture_zoo.py).
+FAST = ["resnet18", "resnet50", "resnet152", "vgg16", "vgg19", "mobilenet_v2", "mobilenet_v3_large",
+        "densenet121", "convnext_tiny", "efficientnet_b0", "vit_b_16", "timm_vit_small", "bert-base"]
+REDUCED = [("vit_l_16", {"num_layers": 2}), ("vit_h_14", {"num_layers": 2})]
+
+
+def _check_exact(name: str, **overrides) -> OpGraph:
+    spec = load_model(name, **overrides)
+    graph, weights = capture(spec.module, spec.example_input, spec.name)
+    with torch.no_grad():
+        expected = spec.module(spec.example_input)
+    got = GraphRunner(graph, weights).run(spec.example_input)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (got - expected).abs().max()
+    return graph
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_zoo_model_captures_exactly(name: str) -> None:
+    graph = _check_exact(name)
+    assert len(graph) > 5
+    assert all(n.out_bytes > 0 for n in graph.nodes)
+    assert graph.total_flops > 0 and graph.total_param_bytes > 0
+
+
+@pytest.mark.parametrize("name,overrides", REDUCED)
+def test_large_vit_captures_exactly_at_reduced_depth(name: str, overrides: dict) -> None:
+    _check_exact(name, **overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_l_16", "vit_h_14"])
+def test_large_vit_captures_exactly_at_full_size(name: str) -> None:
+    _check_exact(name)
+
+
+def test_flops_and_params_match_known_values() -> None:
+    spec = load_model("resnet18")
+    graph, _ = capture(spec.module, spec.example_input, spec.name)
+    # resnet18 at 224x224: 1.82 GMACs, 11.69 M parameters (fp32)
+    assert graph.total_flops == pytest.approx(2 * 1.82e9, rel=0.01)
+    # parameters plus BatchNorm running statistics (buffers a stage needs too)
+    buffers = sum(b.numel() for name, b in spec.module.named_buffers() if "running" in name)
+    assert graph.total_param_bytes == (11_689_512 + buffers) * 4
+    conv1 = graph.nodes[0]
+    assert conv1.op == "aten.conv2d.default" and conv1.out_shape == [1, 64, 112, 112]
+    assert conv1.flops == 2 * 64 * 112 * 112 * 3 * 7 * 7
+    assert conv1.inputs == ["input"] and conv1.param_bytes == 64 * 3 * 7 * 7 * 4
+
+
+def test_graph_round_trips_through_json_and_runs_from_a_stage() -> None:
+    spec = load_model("resnet18")
+    graph, weights = capture(spec.module, spec.example_input, spec.name)
+    again = OpGraph.from_dict(json.loads(json.dumps(graph.to_dict())))
+    expected = GraphRunner(graph, weights).run(spec.example_input)
+    # Run the first half on one runner and the rest on another that holds only its own weights.
+    half = len(again) // 2
+    first = GraphRunner(again, weights, range(half))
+    env = first.run_nodes(range(half), {"input": spec.example_input}, keep=set())
+    needed = {w for n in again.nodes[half:] for w in n.weights}
+    second = GraphRunner(again, {k: weights[k] for k in needed}, range(half, len(again)))
+    env = second.run_nodes(range(half, len(again)), env, keep={again.nodes[-1].name})
+    assert torch.equal(env[again.nodes[-1].name], expected)
+
+
+def test_no_inplace_ops_or_getitems_of_single_use_tuples() -> None:
+    spec = load_model("resnet18")
+    graph, _ = capture(spec.module, spec.example_input, spec.name)
+    ops = {n.op for n in graph.nodes}
+    assert not any(op.split(".")[1].endswith("_") for op in ops if op.startswith("aten."))
+    assert "getitem" not in ops
+    bn = next(n for n in graph.nodes if "batch_norm" in n.op)
+    assert bn.out_index == 0 and not bn.is_tuple
+
+
+def test_uncapturable_model_gives_one_line_error() -> None:
+    from edgeweave.errors import UserError
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent Python control flow
+                return x * 2
+            return x
+
+    with pytest.raises(UserError, match="torch.export cannot capture") as info:
+        capture(DataDependent(), torch.randn(1, 3), "dd")
+    assert "\n" not in str(info.value)
