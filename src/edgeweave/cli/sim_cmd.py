@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from edgeweave import sim
 from edgeweave.cli.common import JsonOpt, console, print_json
+from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.units import format_bytes, format_duration
 from edgeweave.errors import UserError
+from edgeweave.plan.ir import Plan
 
 
 def simulate(
@@ -32,22 +36,18 @@ def simulate(
 ) -> None:
     """Simulate a stream of requests through PLAN: each device computes and each link direction sends one task at a
     time, first come first served."""
-    from edgeweave.cost.cluster import Cluster
-    from edgeweave.plan.ir import Plan
-    from edgeweave.sim import draw_timeline, simulate as run_simulation, write_trace
-
     if requests < 1:
         raise UserError(f"--requests must be >= 1, got {requests}")
     loaded = Plan.load(plan)
     other = Cluster.load(cluster) if cluster is not None else None
-    result = run_simulation(loaded, requests, cluster=other, rate_per_s=rate, max_inflight=max_inflight,
-                            overhead_s=overhead_s)
+    result = sim.simulate(loaded, requests, cluster=other, rate_per_s=rate, max_inflight=max_inflight,
+                          overhead_s=overhead_s)
     title = f"{loaded.model}: {loaded.strategy} plan, {requests} requests"
     written: dict[str, str] = {}
     if timeline is not None:
-        written["timeline"] = str(_write(lambda: draw_timeline(result, timeline, title=title), timeline))
+        written["timeline"] = str(_write(lambda: sim.draw_timeline(result, timeline, title=title), timeline))
     if trace is not None:
-        written["trace"] = str(_write(lambda: write_trace(result, trace, name=title), trace))
+        written["trace"] = str(_write(lambda: sim.write_trace(result, trace, name=title), trace))
     if json_out:
         print_json({"plan": str(plan), "strategy": loaded.strategy, "objective": loaded.objective,
                     "predicted": _predicted(loaded), **result.to_dict(events=False), **written})
@@ -57,14 +57,14 @@ def simulate(
         console.print(f"{what} written to {where}")
 
 
-def _write(action, path: Path) -> Path:
+def _write(action: Callable[[], Path], path: Path) -> Path:
     try:
         return action()
     except OSError as exc:
         raise UserError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
-def _predicted(plan) -> dict[str, Any]:
+def _predicted(plan: Plan) -> dict[str, Any]:
     """The planner's own prediction (cost model), to compare with the simulation."""
     source = plan.predicted or plan.cost_model
     return {k: source[k] for k in ("latency_s", "throughput_per_s") if k in source}
@@ -80,16 +80,18 @@ def _duration(value: float | None) -> str:
     return "-" if value is None else format_duration(value)
 
 
-def _print_tables(result, predicted: dict[str, Any], title: str) -> None:
+def _print_tables(result: sim.SimResult, predicted: dict[str, Any], title: str) -> None:
     summary = Table(title=f"Simulation: {title}")
     summary.add_column("metric")
     summary.add_column("simulated", justify="right")
     summary.add_column("cost model", justify="right")
     summary.add_row("latency p50 (incl. queueing)", format_duration(result.latency_s), "")
     summary.add_row("latency p95 (incl. queueing)", format_duration(result.latency_p95_s), "")
+    summary.add_row("latency p50 after admission", format_duration(result.service_latency_s), "")
     summary.add_row("single-request latency", format_duration(result.single_latency_s),
                     _duration(predicted.get("latency_s")))
-    summary.add_row("throughput (steady state)", _rate(result.throughput_per_s), _rate(predicted.get("throughput_per_s")))
+    summary.add_row("throughput (steady state)", _rate(result.throughput_per_s),
+                    _rate(predicted.get("throughput_per_s")))
     summary.add_row("makespan", format_duration(result.makespan_s), "")
     summary.add_row("max in flight", str(result.max_inflight), "")
     console.print(summary)

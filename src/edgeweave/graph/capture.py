@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from typing import Any
 
 import torch
@@ -28,9 +29,11 @@ def export_model(module: torch.nn.Module, example_input: torch.Tensor, name: str
     """torch.export the model in eval mode, translating failures into one actionable line."""
     module = module.eval()
     try:
-        with torch.no_grad():
+        # torch.export warns about its own internals (pytree deprecations): not the user's concern.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.export(module, (example_input,), strict=False)
-        return program.run_decompositions({})
+            return program.run_decompositions({})
     except Exception as exc:  # torch raises many exception types; all mean "cannot capture"
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(

@@ -340,7 +340,8 @@ def dads(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
     may use any node set whose remote side is closed under successors, so it is never worse
     than Neurosurgeon's best contiguous cut (with enough memory). Like DADS, the cut ignores
     memory; among the devices, a placement that fits is preferred, and if none fits the best
-    one is returned anyway (the plan then carries a note).
+    one is returned anyway (the plan then carries a note). Cost: one networkx max-flow per
+    distinct remote (same speed and links share a cut), about 0.3 s for 900 nodes.
     """
     candidates: list[Placement] = [local(profile, pm, objective)]
     cuts: dict[tuple, tuple[list[int], list[int]]] = {}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -243,11 +244,11 @@ def _events(table: _TaskTable, starts: list[list[float]], ends: list[list[float]
 
 
 def _check_args(requests: int, rate_per_s: float | None, max_inflight: int | None, overhead_s: float) -> None:
-    if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+    if isinstance(requests, bool) or not isinstance(requests, Integral) or requests < 1:
         raise UserError(f"requests must be a whole number >= 1, got {requests!r}")
     if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
         raise UserError(f"the arrival rate must be > 0 requests per second, got {rate_per_s!r}")
-    if max_inflight is not None and (not isinstance(max_inflight, int) or max_inflight < 1):
+    if max_inflight is not None and (not isinstance(max_inflight, Integral) or max_inflight < 1):
         raise UserError(f"max_inflight must be a whole number >= 1, got {max_inflight!r}")
     if not (math.isfinite(overhead_s) and overhead_s >= 0):
         raise UserError(f"the per-transfer overhead must be >= 0 seconds, got {overhead_s!r}")
@@ -291,7 +292,8 @@ def simulate(
     """
     _check_args(requests, rate_per_s, max_inflight, overhead_s)
     cluster = _resolve_cluster(plan, cluster)
-    inflight = default_max_inflight(plan) if max_inflight is None else max_inflight
+    requests = int(requests)
+    inflight = default_max_inflight(plan) if max_inflight is None else int(max_inflight)
     table = _task_table(plan, cluster, overhead_s)
     arrivals = [r / rate_per_s if rate_per_s else 0.0 for r in range(requests)]
     admission, finish, starts, ends = _schedule(table, arrivals, inflight)

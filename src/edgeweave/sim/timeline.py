@@ -104,7 +104,7 @@ def draw_timeline(
     row_of = {name: i for i, name in enumerate(rows)}
     cmap = plt.get_cmap("tab10")
 
-    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.45 * max(len(rows), 1)))
+    fig, ax = plt.subplots(figsize=(12, max(3.0, 1.2 + 0.45 * len(rows))))
     t0 = min((ev.start for ev in drawn), default=0.0)
     t1 = max((ev.end for ev in drawn), default=1.0)
     span = max(t1 - t0, 1e-12)
