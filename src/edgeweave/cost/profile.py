@@ -68,9 +68,9 @@ class Profile(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "profile"
+            where = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
-            raise UserError(f"{origin}: {where}: {msg}") from exc
+            raise UserError(f"{origin}: {where}: {msg}" if where else f"{origin}: {msg}") from exc
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.model_dump(), indent=1))
