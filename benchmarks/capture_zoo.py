@@ -28,9 +28,17 @@ def measure(name: str, repeats: int) -> dict:
     err = float((GraphRunner(graph, weights).run(spec.example_input) - expected).abs().max())
     prof = profile_graph(graph, weights, spec.example_input, module=spec.module, warmup=1, repeats=repeats)
     fwd = prof.model_extra["forward_time_s"]
-    return {"model": name, "nodes": len(graph), "capture_s": round(capture_s, 2), "max_abs_err": err,
-            "sum_s": round(prof.total_time(), 4), "forward_s": round(fwd, 4), "ratio": round(prof.total_time() / fwd, 3),
-            "gflops": round(graph.total_flops / 1e9, 2), "param_mib": round(graph.total_param_bytes / 2**20, 1)}
+    return {
+        "model": name,
+        "nodes": len(graph),
+        "capture_s": round(capture_s, 2),
+        "max_abs_err": err,
+        "sum_s": round(prof.total_time(), 4),
+        "forward_s": round(fwd, 4),
+        "ratio": round(prof.total_time() / fwd, 3),
+        "gflops": round(graph.total_flops / 1e9, 2),
+        "param_mib": round(graph.total_param_bytes / 2**20, 1),
+    }
 
 
 def main() -> None:
@@ -45,9 +53,12 @@ def main() -> None:
         rows.append(measure(name, args.repeats))
         if not args.json:
             r = rows[-1]
-            print(f"{r['model']:<20} nodes={r['nodes']:<5} capture={r['capture_s']:>6.2f}s err={r['max_abs_err']:.1e} "
-                  f"sum={r['sum_s']:.4f}s forward={r['forward_s']:.4f}s ratio={r['ratio']:.3f} "
-                  f"GFLOPs={r['gflops']} params={r['param_mib']}MiB", flush=True)
+            print(
+                f"{r['model']:<20} nodes={r['nodes']:<5} capture={r['capture_s']:>6.2f}s err={r['max_abs_err']:.1e} "
+                f"sum={r['sum_s']:.4f}s forward={r['forward_s']:.4f}s ratio={r['ratio']:.3f} "
+                f"GFLOPs={r['gflops']} params={r['param_mib']}MiB",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(rows, indent=1))
 

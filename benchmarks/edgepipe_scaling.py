@@ -43,10 +43,14 @@ SUBSETS = {
 MIXED = {
     "source": "jetson-1",
     "devices": {
-        "jetson-1": {"speed": 0.35, "memory": "8GiB"}, "jetson-2": {"speed": 0.35, "memory": "8GiB"},
-        "minnow-1": {"speed": 0.344, "memory": "2GiB"}, "minnow-2": {"speed": 0.344, "memory": "2GiB"},
-        "minnow-3": {"speed": 0.344, "memory": "2GiB"}, "minnow-4": {"speed": 0.344, "memory": "2GiB"},
-        "desktop": {"speed": 1.5, "memory": "16GiB"}, "laptop": {"speed": 0.6, "memory": "8GiB"},
+        "jetson-1": {"speed": 0.35, "memory": "8GiB"},
+        "jetson-2": {"speed": 0.35, "memory": "8GiB"},
+        "minnow-1": {"speed": 0.344, "memory": "2GiB"},
+        "minnow-2": {"speed": 0.344, "memory": "2GiB"},
+        "minnow-3": {"speed": 0.344, "memory": "2GiB"},
+        "minnow-4": {"speed": 0.344, "memory": "2GiB"},
+        "desktop": {"speed": 1.5, "memory": "16GiB"},
+        "laptop": {"speed": 0.6, "memory": "8GiB"},
     },
     "links": {"default": {"bandwidth": "1Gbps", "latency": "0.1ms"}},
 }
@@ -65,8 +69,13 @@ def scaled(profile: Profile, factor: int) -> Profile:
 def run_plan(profile: Profile, cluster: Cluster, strategy: str) -> dict:
     plan = make_plan(profile, cluster, strategy, "throughput")
     sim = simulate(plan, requests=60)
-    return {"strategy": strategy, "stages": len(plan.stages or []), "sim_throughput_per_s": sim.throughput_per_s,
-            "model_bottleneck_s": plan.cost_model["bottleneck_s"], "fits": plan.cost_model["fits"]}
+    return {
+        "strategy": strategy,
+        "stages": len(plan.stages or []),
+        "sim_throughput_per_s": sim.throughput_per_s,
+        "model_bottleneck_s": plan.cost_model["bottleneck_s"],
+        "fits": plan.cost_model["fits"],
+    }
 
 
 def scaling(model: str, profile: Profile, cluster: Cluster) -> list[dict]:
@@ -103,8 +112,12 @@ def plot(rows: list[dict], path: Path) -> None:
         pts = [r for r in rows if r["model"] == model]
         if not pts:
             continue
-        ax.plot([r["devices"] for r in pts], [r["speedup"] for r in pts], "o-", color=colour, label=f"edgeweave {model}")
-        ax.plot([16], [PUBLISHED[model]], "*", ms=14, color=colour, label=f"EdgePipe published {model}: {PUBLISHED[model]}x")
+        ax.plot(
+            [r["devices"] for r in pts], [r["speedup"] for r in pts], "o-", color=colour, label=f"edgeweave {model}"
+        )
+        ax.plot(
+            [16], [PUBLISHED[model]], "*", ms=14, color=colour, label=f"EdgePipe published {model}: {PUBLISHED[model]}x"
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel("devices (edgepipe-16 testbed model, 1 Gbps)")
@@ -137,16 +150,24 @@ def main() -> None:
     if args.json:
         print(json.dumps({"scaling": rows, "heterogeneous": hetero}, indent=1))
         return
-    print(f"{'model':<10} {'devices':>7} {'stages':>6} {'throughput/s':>13} {'speedup':>8}  (EdgePipe at 16: L 10.59x, H 11.88x)")
+    print(
+        f"{'model':<10} {'devices':>7} {'stages':>6} {'throughput/s':>13} {'speedup':>8}"
+        "  (EdgePipe at 16: L 10.59x, H 11.88x)"
+    )
     for r in rows:
-        print(f"{r['model']:<10} {r['devices']:>7} {r['stages']:>6} {r['sim_throughput_per_s']:>13.4f} {r['speedup']:>7.2f}x")
+        print(
+            f"{r['model']:<10} {r['devices']:>7} {r['stages']:>6} "
+            f"{r['sim_throughput_per_s']:>13.4f} {r['speedup']:>7.2f}x"
+        )
     print("\nheterogeneous cluster (8 devices: desktop, laptop, 2 jetsons, 4 minnowboards):")
     for r in hetero:
         if "error" in r:
             print(f"{r['model']:<10} {r['strategy']:<10} {r['error']}")
         else:
-            print(f"{r['model']:<10} {r['strategy']:<10} throughput {r['sim_throughput_per_s']:.4f}/s  "
-                  f"fits={r['fits']}  pipeline is {r['pipeline_advantage']:.2f}x this")
+            print(
+                f"{r['model']:<10} {r['strategy']:<10} throughput {r['sim_throughput_per_s']:.4f}/s  "
+                f"fits={r['fits']}  pipeline is {r['pipeline_advantage']:.2f}x this"
+            )
     print(f"\nwritten: {args.out / 'edgepipe_scaling.png'}")
 
 

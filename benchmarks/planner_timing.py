@@ -38,9 +38,17 @@ def synthetic(n_devices: int, n_nodes: int, links: str, kinds: int | None = None
     np.fill_diagonal(bw, np.inf)
     np.fill_diagonal(lat, 0.0)
     return PipelineModel(
-        model="synthetic", times=rng.uniform(0.01, 0.1, n_nodes), params=rng.integers(1, 60, n_nodes) * 2**20,
-        out_bytes=rng.integers(10**5, 10**6, n_nodes), cut_bytes=rng.integers(10**5, 10**6, n_nodes + 1),
-        devices=[f"d{i}" for i in range(n_devices)], speed=speed, memory=memory, source=0, bandwidth=bw, latency=lat,
+        model="synthetic",
+        times=rng.uniform(0.01, 0.1, n_nodes),
+        params=rng.integers(1, 60, n_nodes) * 2**20,
+        out_bytes=rng.integers(10**5, 10**6, n_nodes),
+        cut_bytes=rng.integers(10**5, 10**6, n_nodes + 1),
+        devices=[f"d{i}" for i in range(n_devices)],
+        speed=speed,
+        memory=memory,
+        source=0,
+        bandwidth=bw,
+        latency=lat,
     )
 
 
@@ -48,9 +56,17 @@ def timed(name: str, pm: PipelineModel, objective: str = "throughput") -> dict:
     start = time.perf_counter()
     sol = plan_pipeline(pm, objective)
     elapsed = time.perf_counter() - start
-    return {"case": name, "devices": pm.num_devices, "cuts": pm.num_nodes - 1, "objective": objective,
-            "time_s": round(elapsed, 3), "stages": len(sol.stages), "bottleneck_s": sol.costs.bottleneck_s,
-            "classes": sol.stats.get("classes"), "uniform_links": sol.stats.get("uniform_links")}
+    return {
+        "case": name,
+        "devices": pm.num_devices,
+        "cuts": pm.num_nodes - 1,
+        "objective": objective,
+        "time_s": round(elapsed, 3),
+        "stages": len(sol.stages),
+        "bottleneck_s": sol.costs.bottleneck_s,
+        "classes": sol.stats.get("classes"),
+        "uniform_links": sol.stats.get("uniform_links"),
+    }
 
 
 def main() -> None:
@@ -73,8 +89,10 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     for r in rows:
-        print(f"{r['case']:<42} {r['objective']:<10} devices={r['devices']:<3} cuts={r['cuts']:<4} "
-              f"classes={r['classes']:<3} time={r['time_s']:>7.3f} s  stages={r['stages']}")
+        print(
+            f"{r['case']:<42} {r['objective']:<10} devices={r['devices']:<3} cuts={r['cuts']:<4} "
+            f"classes={r['classes']:<3} time={r['time_s']:>7.3f} s  stages={r['stages']}"
+        )
 
 
 if __name__ == "__main__":

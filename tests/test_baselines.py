@@ -31,40 +31,55 @@ REL = 1e-9
 # --------------------------------------------------------------------------- builders
 def make_profile(nodes: list[tuple[str, float, int, int, list[str]]], input_bytes: int = 600_000) -> Profile:
     """nodes: (name, time_s, out_bytes, param_bytes, inputs)."""
-    return Profile.model_validate({
-        "model": "toy", "input_bytes": input_bytes,
-        "nodes": [{"name": n, "time_s": t, "out_bytes": o, "param_bytes": p, "inputs": i} for n, t, o, p, i in nodes],
-    })
+    return Profile.model_validate(
+        {
+            "model": "toy",
+            "input_bytes": input_bytes,
+            "nodes": [
+                {"name": n, "time_s": t, "out_bytes": o, "param_bytes": p, "inputs": i} for n, t, o, p, i in nodes
+            ],
+        }
+    )
 
 
 def chain(times: list[float], out: list[int], params: list[int] | None = None, input_bytes: int = 600_000) -> Profile:
     params = params or [1000] * len(times)
-    return make_profile([(f"n{i}", t, o, p, [f"n{i - 1}" if i else "input"])
-                         for i, (t, o, p) in enumerate(zip(times, out, params, strict=True))], input_bytes)
+    return make_profile(
+        [
+            (f"n{i}", t, o, p, [f"n{i - 1}" if i else "input"])
+            for i, (t, o, p) in enumerate(zip(times, out, params, strict=True))
+        ],
+        input_bytes,
+    )
 
 
 def residual() -> Profile:
     """stem -> a -> b -> add(stem, b) -> c -> add(c, add) -> head."""
-    return make_profile([
-        ("stem", 0.02, 800_000, 10_000, ["input"]),
-        ("a", 0.05, 400_000, 50_000, ["stem"]),
-        ("b", 0.05, 800_000, 50_000, ["a"]),
-        ("add1", 0.001, 800_000, 0, ["stem", "b"]),
-        ("c", 0.08, 200_000, 90_000, ["add1"]),
-        ("add2", 0.001, 800_000, 0, ["c", "add1"]),
-        ("head", 0.01, 4_000, 20_000, ["add2"]),
-    ])
+    return make_profile(
+        [
+            ("stem", 0.02, 800_000, 10_000, ["input"]),
+            ("a", 0.05, 400_000, 50_000, ["stem"]),
+            ("b", 0.05, 800_000, 50_000, ["a"]),
+            ("add1", 0.001, 800_000, 0, ["stem", "b"]),
+            ("c", 0.08, 200_000, 90_000, ["add1"]),
+            ("add2", 0.001, 800_000, 0, ["c", "add1"]),
+            ("head", 0.01, 4_000, 20_000, ["add2"]),
+        ]
+    )
 
 
 def diamond() -> Profile:
     """A diamond over a big input: both cheap readers of the input should stay home, the heavy
     branch between them in topological order should not (no contiguous cut does that)."""
-    return make_profile([
-        ("x", 0.01, 10_000, 1000, ["input"]),
-        ("big", 0.30, 10_000, 1000, ["x"]),
-        ("small", 0.001, 10_000, 1000, ["input"]),
-        ("join", 0.01, 1_000, 1000, ["big", "small"]),
-    ], input_bytes=3_000_000)
+    return make_profile(
+        [
+            ("x", 0.01, 10_000, 1000, ["input"]),
+            ("big", 0.30, 10_000, 1000, ["x"]),
+            ("small", 0.001, 10_000, 1000, ["input"]),
+            ("join", 0.01, 1_000, 1000, ["big", "small"]),
+        ],
+        input_bytes=3_000_000,
+    )
 
 
 def random_dag(rng: np.random.Generator, n: int) -> Profile:
@@ -73,8 +88,15 @@ def random_dag(rng: np.random.Generator, n: int) -> Profile:
         earlier = ["input"] + [f"v{j}" for j in range(i)]
         k = int(rng.integers(1, min(3, len(earlier)) + 1))
         picks = [earlier[-1]] + list(rng.choice(earlier, size=k - 1, replace=False))
-        nodes.append((f"v{i}", float(rng.uniform(0.001, 0.2)), log_uniform(rng, 1_000, 3_000_000),
-                      int(rng.integers(0, 100_000)), list(dict.fromkeys(picks))))
+        nodes.append(
+            (
+                f"v{i}",
+                float(rng.uniform(0.001, 0.2)),
+                log_uniform(rng, 1_000, 3_000_000),
+                int(rng.integers(0, 100_000)),
+                list(dict.fromkeys(picks)),
+            )
+        )
     return make_profile(nodes, log_uniform(rng, 10_000, 3_000_000))
 
 
@@ -87,8 +109,15 @@ def shrinking_dag(rng: np.random.Generator, n: int) -> Profile:
         picks = [earlier[-1]]
         if i > 0 and rng.random() < 0.4:
             picks.append(str(rng.choice(earlier[:-1])))
-        nodes.append((f"v{i}", float(rng.uniform(0.01, 0.2)), log_uniform(rng, 1_000, 4_000_000 * (1 - i / n) + 2_000),
-                      int(rng.integers(0, 100_000)), picks))
+        nodes.append(
+            (
+                f"v{i}",
+                float(rng.uniform(0.01, 0.2)),
+                log_uniform(rng, 1_000, 4_000_000 * (1 - i / n) + 2_000),
+                int(rng.integers(0, 100_000)),
+                picks,
+            )
+        )
     return make_profile(nodes, 4_000_000)
 
 
@@ -99,18 +128,25 @@ def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> int:
 
 def make_cluster(devices: dict[str, tuple[float, str]], links: dict[str, tuple[str, str]], source: str) -> Cluster:
     """devices: name -> (speed, memory); links: key -> (bandwidth, latency)."""
-    return Cluster.from_dict({
-        "source": source,
-        "devices": {d: {"speed": s, "memory": m} for d, (s, m) in devices.items()},
-        "links": {k: {"bandwidth": b, "latency": lat} for k, (b, lat) in links.items()},
-    })
+    return Cluster.from_dict(
+        {
+            "source": source,
+            "devices": {d: {"speed": s, "memory": m} for d, (s, m) in devices.items()},
+            "links": {k: {"bandwidth": b, "latency": lat} for k, (b, lat) in links.items()},
+        }
+    )
 
 
 def random_cluster(rng: np.random.Generator, n: int, memory_kib: tuple[int, int] = (4 << 20, 4 << 20 + 1)) -> Cluster:
     """A slow source (where the input is) and faster remotes, on asymmetric pairwise links."""
     source = int(rng.integers(0, n))
-    devices = {f"d{i}": (float(rng.uniform(0.2, 0.5) if i == source else rng.uniform(0.5, 4.0)),
-                         f"{int(rng.integers(*memory_kib))}KiB") for i in range(n)}
+    devices = {
+        f"d{i}": (
+            float(rng.uniform(0.2, 0.5) if i == source else rng.uniform(0.5, 4.0)),
+            f"{int(rng.integers(*memory_kib))}KiB",
+        )
+        for i in range(n)
+    }
     links = {"default": (f"{int(rng.integers(20, 300))}Mbps", f"{float(rng.uniform(0, 5)):.2f}ms")}
     for a, b in itertools.permutations(devices, 2):
         if rng.random() < 0.5:
@@ -118,8 +154,11 @@ def random_cluster(rng: np.random.Generator, n: int, memory_kib: tuple[int, int]
     return make_cluster(devices, links, source=f"d{source}")
 
 
-ROBOT_SERVER = {"devices": {"robot": (0.25, "4GiB"), "server": (1.0, "16GiB")},
-                "links": {"robot-server": ("50Mbps", "2ms")}, "source": "robot"}
+ROBOT_SERVER = {
+    "devices": {"robot": (0.25, "4GiB"), "server": (1.0, "16GiB")},
+    "links": {"robot-server": ("50Mbps", "2ms")},
+    "source": "robot",
+}
 
 
 def pm_of(profile: Profile, cluster: Cluster) -> PipelineModel:
@@ -144,8 +183,9 @@ def test_registry_has_every_baseline() -> None:
 
 def test_local_puts_everything_on_the_source() -> None:
     profile = chain([0.1] * 5, [1000] * 5)
-    cluster = make_cluster({"a": (1.0, "1GiB"), "b": (2.0, "1GiB"), "c": (1.0, "1GiB")},
-                           {"default": ("100Mbps", "1ms")}, source="b")
+    cluster = make_cluster(
+        {"a": (1.0, "1GiB"), "b": (2.0, "1GiB"), "c": (1.0, "1GiB")}, {"default": ("100Mbps", "1ms")}, source="b"
+    )
     pm = pm_of(profile, cluster)
     assert local(profile, pm, "latency") == [(pm.devices.index("b"), [0, 1, 2, 3, 4])]
     assert evaluate_placement(profile, pm, local(profile, pm, "latency")).latency_s == pytest.approx(0.25)
@@ -166,8 +206,13 @@ def test_offload_picks_the_best_remote_for_each_objective() -> None:
     assert offload(profile, pm, "latency") == [(quick, [0])]
     for objective, attr in (("throughput", "bottleneck_s"), ("latency", "latency_s")):
         chosen = getattr(evaluate_placement(profile, pm, offload(profile, pm, objective)), attr)
-        fitting = [getattr(c, attr) for d in range(pm.num_devices) if d != pm.source
-                   for c in [evaluate_placement(profile, pm, [(d, [0])])] if c.fits]
+        fitting = [
+            getattr(c, attr)
+            for d in range(pm.num_devices)
+            if d != pm.source
+            for c in [evaluate_placement(profile, pm, [(d, [0])])]
+            if c.fits
+        ]
         assert chosen == pytest.approx(min(fitting), rel=REL)
 
 
@@ -186,8 +231,9 @@ def test_offload_errors_without_a_usable_remote() -> None:
 @pytest.mark.parametrize(("n_nodes", "sizes"), [(10, [4, 3, 3]), (9, [3, 3, 3]), (2, [1, 1]), (1, [1])])
 def test_even_splits_contiguously_source_first(n_nodes: int, sizes: list[int]) -> None:
     profile = chain([0.1] * n_nodes, [1000] * n_nodes)
-    cluster = make_cluster({"a": (1.0, "1GiB"), "b": (2.0, "1GiB"), "c": (1.0, "1GiB")},
-                           {"default": ("100Mbps", "1ms")}, source="b")
+    cluster = make_cluster(
+        {"a": (1.0, "1GiB"), "b": (2.0, "1GiB"), "c": (1.0, "1GiB")}, {"default": ("100Mbps", "1ms")}, source="b"
+    )
     pm = pm_of(profile, cluster)
     placement = even(profile, pm, "throughput")
     order = [pm.devices.index(d) for d in ("b", "a", "c")]
@@ -355,8 +401,12 @@ def test_pipedream_is_optimal_on_a_homogeneous_cluster(objective: str, seed: int
     L = int(rng.integers(2, 14))
     out = [int(rng.integers(1_000, 3_000_000)) for _ in range(L)]
     out[-1] = 1_000  # the output is no bigger than the input: the source's stage comes first in an optimum
-    profile = chain([float(rng.uniform(0.01, 0.5)) for _ in range(L)], out,
-                    params=[int(rng.integers(0, 400_000)) for _ in range(L)], input_bytes=600_000)
+    profile = chain(
+        [float(rng.uniform(0.01, 0.5)) for _ in range(L)],
+        out,
+        params=[int(rng.integers(0, 400_000)) for _ in range(L)],
+        input_bytes=600_000,
+    )
     cluster = homogeneous_cluster(rng, int(rng.integers(1, 6)), memory=f"{int(rng.integers(2000, 8000))}KiB")
     pm = pm_of(profile, cluster)
     try:
@@ -373,8 +423,9 @@ def test_pipedream_is_optimal_on_a_homogeneous_cluster(objective: str, seed: int
 
 def test_pipedream_stages_follow_the_device_order() -> None:
     profile = chain([0.1] * 6, [1000] * 6)
-    cluster = make_cluster({"a": (1.0, "1GiB"), "b": (1.0, "1GiB"), "c": (1.0, "1GiB")},
-                           {"default": ("1Gbps", "0.1ms")}, source="c")
+    cluster = make_cluster(
+        {"a": (1.0, "1GiB"), "b": (1.0, "1GiB"), "c": (1.0, "1GiB")}, {"default": ("1Gbps", "0.1ms")}, source="c"
+    )
     pm = pm_of(profile, cluster)
     placement = pipedream(profile, pm, "throughput")
     assert [d for d, _ in placement] == [pm.devices.index(x) for x in ("c", "a", "b")]
@@ -396,8 +447,11 @@ def test_pipedream_counts_the_output_trip_back() -> None:
 def test_pipedream_loses_to_the_exact_planner_on_heterogeneous_devices() -> None:
     """Assuming every device is the slow source, PipeDream splits evenly and starves the fast one."""
     profile = chain([0.1] * 12, [10_000] * 12)
-    cluster = make_cluster({"slow": (0.25, "4GiB"), "fast": (4.0, "4GiB"), "mid": (1.0, "4GiB")},
-                           {"default": ("1Gbps", "0.5ms")}, source="slow")
+    cluster = make_cluster(
+        {"slow": (0.25, "4GiB"), "fast": (4.0, "4GiB"), "mid": (1.0, "4GiB")},
+        {"default": ("1Gbps", "0.5ms")},
+        source="slow",
+    )
     pm = pm_of(profile, cluster)
     dream = evaluate_placement(profile, pm, pipedream(profile, pm, "throughput"))
     exact = plan_pipeline(pm, "throughput").costs
@@ -406,8 +460,9 @@ def test_pipedream_loses_to_the_exact_planner_on_heterogeneous_devices() -> None
 
 def test_pipedream_errors_when_the_homogeneous_model_cannot_hold_the_network() -> None:
     profile = chain([0.1] * 3, [1000] * 3, params=[2**30] * 3)
-    cluster = make_cluster({"small": (1.0, "1GiB"), "big": (1.0, "64GiB")}, {"default": ("1Gbps", "1ms")},
-                           source="small")
+    cluster = make_cluster(
+        {"small": (1.0, "1GiB"), "big": (1.0, "64GiB")}, {"default": ("1Gbps", "1ms")}, source="small"
+    )
     with pytest.raises(UserError, match="pipedream.*copies of small"):
         pipedream(profile, pm_of(profile, cluster), "throughput")
 
@@ -415,8 +470,11 @@ def test_pipedream_errors_when_the_homogeneous_model_cannot_hold_the_network() -
 def test_pipedream_is_fast_on_a_large_model() -> None:
     rng = np.random.default_rng(3)
     L = 900
-    profile = chain(list(rng.uniform(0.001, 0.01, L)), [int(x) for x in rng.integers(1_000, 3_000_000, L)],
-                    params=[int(x) for x in rng.integers(0, 2_000_000, L)])
+    profile = chain(
+        list(rng.uniform(0.001, 0.01, L)),
+        [int(x) for x in rng.integers(1_000, 3_000_000, L)],
+        params=[int(x) for x in rng.integers(0, 2_000_000, L)],
+    )
     devices = {f"d{i}": (float(rng.uniform(0.2, 2.0)), "2GiB") for i in range(16)}
     pm = pm_of(profile, make_cluster(devices, {"default": ("1Gbps", "0.1ms")}, source="d0"))
     for objective in ("throughput", "latency"):

@@ -12,8 +12,21 @@ from edgeweave.zoo import load_model
 
 # Full-size models that capture in seconds; the big ViTs run at reduced depth here and at full
 # size in the slow-marked test below (and in benchmarks/capture_zoo.py).
-FAST = ["resnet18", "resnet50", "resnet152", "vgg16", "vgg19", "mobilenet_v2", "mobilenet_v3_large",
-        "densenet121", "convnext_tiny", "efficientnet_b0", "vit_b_16", "timm_vit_small", "bert-base"]
+FAST = [
+    "resnet18",
+    "resnet50",
+    "resnet152",
+    "vgg16",
+    "vgg19",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "densenet121",
+    "convnext_tiny",
+    "efficientnet_b0",
+    "vit_b_16",
+    "timm_vit_small",
+    "bert-base",
+]
 REDUCED = [("vit_l_16", {"num_layers": 2}), ("vit_h_14", {"num_layers": 2})]
 
 

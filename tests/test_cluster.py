@@ -167,9 +167,7 @@ def test_robot_server_example_values() -> None:
     robot = cluster.device("robot")
     assert robot.speed == 0.25
     assert robot.memory_bytes == 4 * 2**30
-    assert robot.require_power() == PowerModel(
-        idle_w=5.0, busy_w=14.0, radio_w_per_mbps=0.283, radio_base_w=0.133
-    )
+    assert robot.require_power() == PowerModel(idle_w=5.0, busy_w=14.0, radio_w_per_mbps=0.283, radio_base_w=0.133)
     assert cluster.device("server").memory_bytes == 16 * 2**30
     assert cluster.link("server", "robot") == Link(bandwidth_bps=50e6, latency_s=0.002)
     assert cluster.transfer_time("robot", "server", 10**6) == pytest.approx(0.162)
@@ -277,10 +275,7 @@ links:
 def test_missing_link_is_an_error_at_load_time() -> None:
     with pytest.raises(UserError) as info:
         Cluster.from_yaml(two("  a->b: {bandwidth: 10Mbps}"), "c.yaml")
-    assert (
-        str(info.value)
-        == "c.yaml: links: no link from b to a and no default (add links.b-a or links.default)"
-    )
+    assert str(info.value) == "c.yaml: links: no link from b to a and no default (add links.b-a or links.default)"
 
 
 def test_link_lookup_errors() -> None:

@@ -36,9 +36,17 @@ def random_model(rng: np.random.Generator, L: int, N: int, kind: str) -> Pipelin
     np.fill_diagonal(bw, np.inf)
     np.fill_diagonal(lat, 0.0)
     return PipelineModel(
-        model="random", times=rng.uniform(0.1, 3.0, L), params=rng.integers(0, 400, L),
-        out_bytes=rng.integers(1, 100, L), cut_bytes=rng.integers(1, 300, L + 1), devices=[f"d{i}" for i in range(N)],
-        speed=speed, memory=memory, source=int(rng.integers(0, N)), bandwidth=bw, latency=lat,
+        model="random",
+        times=rng.uniform(0.1, 3.0, L),
+        params=rng.integers(0, 400, L),
+        out_bytes=rng.integers(1, 100, L),
+        cut_bytes=rng.integers(1, 300, L + 1),
+        devices=[f"d{i}" for i in range(N)],
+        speed=speed,
+        memory=memory,
+        source=int(rng.integers(0, N)),
+        bandwidth=bw,
+        latency=lat,
     )
 
 

@@ -15,8 +15,15 @@ from edgeweave.graph import capture
 
 
 def toy(nodes: list[tuple[str, int, list[str]]], input_bytes: int = 10) -> Profile:
-    return Profile.model_validate({"model": "toy", "input_bytes": input_bytes, "nodes": [
-        {"name": n, "time_s": 0.1, "out_bytes": b, "param_bytes": 0, "inputs": ins} for n, b, ins in nodes]})
+    return Profile.model_validate(
+        {
+            "model": "toy",
+            "input_bytes": input_bytes,
+            "nodes": [
+                {"name": n, "time_s": 0.1, "out_bytes": b, "param_bytes": 0, "inputs": ins} for n, b, ins in nodes
+            ],
+        }
+    )
 
 
 def test_cut_bytes_count_every_live_tensor_across_a_cut() -> None:
@@ -30,16 +37,35 @@ def test_cut_bytes_count_every_live_tensor_across_a_cut() -> None:
 
 def test_profile_rejects_non_topological_and_duplicate_nodes() -> None:
     with pytest.raises(UserError, match=r"nodes\[0\]\.inputs: 'b' is not the model input or an earlier node"):
-        Profile.from_data({"model": "m", "input_bytes": 1, "nodes": [
-            {"name": "a", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["b"]},
-            {"name": "b", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["input"]}]})
+        Profile.from_data(
+            {
+                "model": "m",
+                "input_bytes": 1,
+                "nodes": [
+                    {"name": "a", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["b"]},
+                    {"name": "b", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["input"]},
+                ],
+            }
+        )
     with pytest.raises(UserError, match="appears twice"):
-        Profile.from_data({"model": "m", "input_bytes": 1, "nodes": [
-            {"name": "a", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["input"]},
-            {"name": "a", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["a"]}]})
+        Profile.from_data(
+            {
+                "model": "m",
+                "input_bytes": 1,
+                "nodes": [
+                    {"name": "a", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["input"]},
+                    {"name": "a", "time_s": 1, "out_bytes": 1, "param_bytes": 0, "inputs": ["a"]},
+                ],
+            }
+        )
     with pytest.raises(UserError, match="time_s"):
-        Profile.from_data({"model": "m", "input_bytes": 1, "nodes": [
-            {"name": "a", "time_s": -1, "out_bytes": 1, "param_bytes": 0, "inputs": ["input"]}]})
+        Profile.from_data(
+            {
+                "model": "m",
+                "input_bytes": 1,
+                "nodes": [{"name": "a", "time_s": -1, "out_bytes": 1, "param_bytes": 0, "inputs": ["input"]}],
+            }
+        )
 
 
 def test_profile_load_errors_are_one_line(tmp_path) -> None:
@@ -56,8 +82,9 @@ def test_profile_load_errors_are_one_line(tmp_path) -> None:
 
 
 def test_profiler_writes_the_design_contract(tmp_path) -> None:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(8 * 16 * 16, 10)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 16 * 16, 10)
+    ).eval()
     x = torch.randn(1, 3, 16, 16)
     graph, weights = capture(model, x, "tiny")
     prof = profile_graph(graph, weights, x, module=model, warmup=1, repeats=3)

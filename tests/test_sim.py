@@ -38,9 +38,15 @@ def toy_profile(rng: np.random.Generator, n: int, skips: bool) -> Profile:
         if skips and i >= 2 and rng.random() < 0.5:
             back = int(rng.integers(2, i + 2))  # i - back == -1 is the model input
             inputs.append("input" if i - back < 0 else f"n{i - back}")
-        nodes.append({"name": f"n{i}", "time_s": float(rng.uniform(0.001, 0.05)),
-                      "out_bytes": int(rng.integers(1_000, 400_000)), "param_bytes": int(rng.integers(0, 10_000)),
-                      "inputs": inputs})
+        nodes.append(
+            {
+                "name": f"n{i}",
+                "time_s": float(rng.uniform(0.001, 0.05)),
+                "out_bytes": int(rng.integers(1_000, 400_000)),
+                "param_bytes": int(rng.integers(0, 10_000)),
+                "inputs": inputs,
+            }
+        )
     return Profile.model_validate({"model": "toy", "input_bytes": int(rng.integers(1_000, 200_000)), "nodes": nodes})
 
 
@@ -77,15 +83,28 @@ def pipeline_plan(seed: int, skips: bool = True, slow: bool = False) -> Plan:
 def chain_plan(durations: list[float], devices: list[str] | None = None) -> Plan:
     """Compute tasks only, one per device, each after the previous (no cluster needed)."""
     devices = devices or [f"d{i}" for i in range(len(durations))]
-    tasks = [ComputeTask(id=f"c{i}", device=d, nodes=[i], time_s=t, after=[f"c{i - 1}"] if i else [])
-             for i, (d, t) in enumerate(zip(devices, durations, strict=True))]
-    return Plan(strategy="chain", objective="throughput", model="toy", source=devices[0],
-                devices=list(dict.fromkeys(devices)), num_nodes=len(durations), input_bytes=0, output_bytes=0,
-                tasks=tasks)
+    tasks = [
+        ComputeTask(id=f"c{i}", device=d, nodes=[i], time_s=t, after=[f"c{i - 1}"] if i else [])
+        for i, (d, t) in enumerate(zip(devices, durations, strict=True))
+    ]
+    return Plan(
+        strategy="chain",
+        objective="throughput",
+        model="toy",
+        source=devices[0],
+        devices=list(dict.fromkeys(devices)),
+        num_nodes=len(durations),
+        input_bytes=0,
+        output_bytes=0,
+        tasks=tasks,
+    )
 
 
-TWO = {"source": "a", "devices": {"a": {"speed": 1, "memory": "1GiB"}, "b": {"speed": 1, "memory": "1GiB"}},
-       "links": {"a-b": {"bandwidth": "8Mbps", "latency": "0s"}}}  # 1 MB/s: 1000 bytes take 1 ms
+TWO = {
+    "source": "a",
+    "devices": {"a": {"speed": 1, "memory": "1GiB"}, "b": {"speed": 1, "memory": "1GiB"}},
+    "links": {"a-b": {"bandwidth": "8Mbps", "latency": "0s"}},
+}  # 1 MB/s: 1000 bytes take 1 ms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,14 +168,39 @@ def random_dag_plan(rng: np.random.Generator, cluster: Cluster, n_tasks: int) ->
         earlier = [x.id for x in tasks]
         after = sorted(rng.choice(earlier, size=min(len(earlier), int(rng.integers(0, 3))), replace=False).tolist())
         if rng.random() < 0.5:
-            tasks.append(ComputeTask(id=f"t{t}", device=str(rng.choice(names)), nodes=[0], after=after,
-                                     time_s=float(rng.uniform(0, 0.01))))
+            tasks.append(
+                ComputeTask(
+                    id=f"t{t}",
+                    device=str(rng.choice(names)),
+                    nodes=[0],
+                    after=after,
+                    time_s=float(rng.uniform(0, 0.01)),
+                )
+            )
         else:
             a, b = rng.choice(names, size=2, replace=False)
-            tasks.append(TransferTask(id=f"t{t}", src=str(a), dst=str(b), values=["input"], after=after,
-                                      bytes=int(rng.integers(0, 20_000))))
-    return Plan(strategy="random", objective="throughput", model="toy", source=names[0], devices=names, num_nodes=1,
-                input_bytes=0, output_bytes=0, tasks=tasks, cluster=cluster.to_dict())
+            tasks.append(
+                TransferTask(
+                    id=f"t{t}",
+                    src=str(a),
+                    dst=str(b),
+                    values=["input"],
+                    after=after,
+                    bytes=int(rng.integers(0, 20_000)),
+                )
+            )
+    return Plan(
+        strategy="random",
+        objective="throughput",
+        model="toy",
+        source=names[0],
+        devices=names,
+        num_nodes=1,
+        input_bytes=0,
+        output_bytes=0,
+        tasks=tasks,
+        cluster=cluster.to_dict(),
+    )
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -277,11 +321,23 @@ def test_max_inflight_respected(k: int) -> None:
 def test_default_max_inflight_counts_transfers() -> None:
     """Equal compute and transfer times: counting only compute tasks would cap the throughput."""
     cluster = Cluster.from_dict(TWO)
-    tasks = [TransferTask(id="x0", src="a", dst="b", values=["input"], bytes=1000),
-             ComputeTask(id="c0", device="b", nodes=[0], after=["x0"], time_s=0.001),
-             TransferTask(id="xout", src="b", dst="a", values=["n0"], bytes=1000, after=["c0"])]
-    plan = Plan(strategy="offload", objective="throughput", model="toy", source="a", devices=["a", "b"],
-                num_nodes=1, input_bytes=1000, output_bytes=1000, tasks=tasks, cluster=cluster.to_dict())
+    tasks = [
+        TransferTask(id="x0", src="a", dst="b", values=["input"], bytes=1000),
+        ComputeTask(id="c0", device="b", nodes=[0], after=["x0"], time_s=0.001),
+        TransferTask(id="xout", src="b", dst="a", values=["n0"], bytes=1000, after=["c0"]),
+    ]
+    plan = Plan(
+        strategy="offload",
+        objective="throughput",
+        model="toy",
+        source="a",
+        devices=["a", "b"],
+        num_nodes=1,
+        input_bytes=1000,
+        output_bytes=1000,
+        tasks=tasks,
+        cluster=cluster.to_dict(),
+    )
     result = simulate(plan, 100)
     assert result.max_inflight == 4
     assert result.throughput_per_s == pytest.approx(1000.0, rel=1e-6)
@@ -314,11 +370,23 @@ def test_rate_above_capacity_queues() -> None:
 
 def test_link_directions_are_independent() -> None:
     cluster = Cluster.from_dict(TWO)
-    tasks = [TransferTask(id="ab", src="a", dst="b", values=["input"], bytes=1000),
-             TransferTask(id="ba", src="b", dst="a", values=["input"], bytes=1000),
-             TransferTask(id="ab2", src="a", dst="b", values=["input"], bytes=1000)]
-    plan = Plan(strategy="x", objective="latency", model="toy", source="a", devices=["a", "b"], num_nodes=1,
-                input_bytes=0, output_bytes=0, tasks=tasks, cluster=cluster.to_dict())
+    tasks = [
+        TransferTask(id="ab", src="a", dst="b", values=["input"], bytes=1000),
+        TransferTask(id="ba", src="b", dst="a", values=["input"], bytes=1000),
+        TransferTask(id="ab2", src="a", dst="b", values=["input"], bytes=1000),
+    ]
+    plan = Plan(
+        strategy="x",
+        objective="latency",
+        model="toy",
+        source="a",
+        devices=["a", "b"],
+        num_nodes=1,
+        input_bytes=0,
+        output_bytes=0,
+        tasks=tasks,
+        cluster=cluster.to_dict(),
+    )
     result = simulate(plan, 1)
     ev = {e.task: e for e in result.events}
     assert ev["ab"].start == ev["ba"].start == 0.0  # opposite directions run at once
@@ -461,8 +529,23 @@ def test_cli_json_tables_and_files(tmp_path: Path) -> None:
     assert data["predicted"]["latency_s"] == pytest.approx(data["single_latency_s"], rel=1e-9)
 
     png, trace = tmp_path / "t.png", tmp_path / "t.json"
-    res = runner.invoke(sim_app(), ["simulate", str(path), "-n", "10", "--rate", "5", "--max-inflight", "3",
-                                    "--timeline", str(png), "--trace", str(trace)])
+    res = runner.invoke(
+        sim_app(),
+        [
+            "simulate",
+            str(path),
+            "-n",
+            "10",
+            "--rate",
+            "5",
+            "--max-inflight",
+            "3",
+            "--timeline",
+            str(png),
+            "--trace",
+            str(trace),
+        ],
+    )
     assert res.exit_code == 0, res.output
     for word in ("throughput", "single-request latency", "utilisation", "Devices"):
         assert word in res.stdout

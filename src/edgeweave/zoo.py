@@ -93,9 +93,7 @@ def _square_size(name: str, shape: Shape, patch: int) -> int:
     _check_image_shape(name, shape)
     height, width = shape[2], shape[3]
     if height != width or height % patch:
-        raise UserError(
-            f"{name} needs a square image whose side is a multiple of {patch}, got {height}x{width}"
-        )
+        raise UserError(f"{name} needs a square image whose side is a multiple of {patch}, got {height}x{width}")
     return height
 
 
@@ -129,9 +127,7 @@ def _timm_vit_small(shape: Shape, overrides: dict[str, int]) -> nn.Module:
     import_torchvision()  # timm imports torchvision at import time
     import timm
 
-    return timm.create_model(
-        "vit_small_patch16_224", pretrained=False, img_size=(shape[2], shape[3]), **overrides
-    )
+    return timm.create_model("vit_small_patch16_224", pretrained=False, img_size=(shape[2], shape[3]), **overrides)
 
 
 class BertLastHiddenState(nn.Module):
@@ -162,8 +158,7 @@ def _bert_base(shape: Shape, overrides: dict[str, int]) -> nn.Module:
     config = _bert_config(overrides)
     if len(shape) != 2 or shape[1] > config.max_position_embeddings:
         raise UserError(
-            f"bert-base takes token ids of shape (batch, length <= {config.max_position_embeddings}),"
-            f" got {_fmt(shape)}"
+            f"bert-base takes token ids of shape (batch, length <= {config.max_position_embeddings}), got {_fmt(shape)}"
         )
     from transformers import BertModel
 
@@ -179,8 +174,14 @@ def _cnn(name: str, params: float, description: str) -> ZooEntry:
 
 def _vit(name: str, params: float, description: str, dims: tuple[int, int, int, int, int]) -> ZooEntry:
     return ZooEntry(
-        name, "vit", description, IMAGE_SHAPE, torch.float32, int(params),
-        _torchvision_vit(name, *dims), frozenset({"num_layers"}),
+        name,
+        "vit",
+        description,
+        IMAGE_SHAPE,
+        torch.float32,
+        int(params),
+        _torchvision_vit(name, *dims),
+        frozenset({"num_layers"}),
     )
 
 
@@ -199,12 +200,24 @@ _ENTRIES: tuple[ZooEntry, ...] = (
     _vit("vit_l_16", 304.3e6, "ViT-Large/16 (torchvision): 24 layers, hidden 1024", (16, 24, 16, 1024, 4096)),
     _vit("vit_h_14", 632.0e6, "ViT-Huge/14 (torchvision): 32 layers, hidden 1280", (14, 32, 16, 1280, 5120)),
     ZooEntry(
-        "timm_vit_small", "vit", "ViT-Small/16 (timm vit_small_patch16_224): 12 layers, hidden 384",
-        IMAGE_SHAPE, torch.float32, int(22.1e6), _timm_vit_small, frozenset({"depth"}),
+        "timm_vit_small",
+        "vit",
+        "ViT-Small/16 (timm vit_small_patch16_224): 12 layers, hidden 384",
+        IMAGE_SHAPE,
+        torch.float32,
+        int(22.1e6),
+        _timm_vit_small,
+        frozenset({"depth"}),
     ),
     ZooEntry(
-        "bert-base", "transformer", "BERT-base encoder (transformers, SDPA attention), 128 token ids in",
-        TOKEN_SHAPE, torch.int64, int(108.9e6), _bert_base, frozenset({"num_hidden_layers"}),
+        "bert-base",
+        "transformer",
+        "BERT-base encoder (transformers, SDPA attention), 128 token ids in",
+        TOKEN_SHAPE,
+        torch.int64,
+        int(108.9e6),
+        _bert_base,
+        frozenset({"num_hidden_layers"}),
         vocab=BERT_VOCAB,
     ),
 )
@@ -245,8 +258,7 @@ def get_entry(name: str) -> ZooEntry:
     close = difflib.get_close_matches(_canonical(name), list(_BY_CANONICAL), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(_BY_CANONICAL[c].name for c in close)}? " if close else ""
     raise UserError(
-        f"unknown model '{name}'; {hint}run `edgeweave models` to list them,"
-        " or give your own as package.module:factory"
+        f"unknown model '{name}'; {hint}run `edgeweave models` to list them, or give your own as package.module:factory"
     )
 
 
@@ -444,8 +456,7 @@ def _check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], path
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise UserError(
-                f"checkpoint {path}: {key} has shape {tuple(state[key].shape)},"
-                f" the model expects {tuple(tensor.shape)}"
+                f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, the model expects {tuple(tensor.shape)}"
             )
 
 

@@ -16,8 +16,9 @@ app = typer.Typer(help="Inspect cluster descriptions.", no_args_is_help=True)
 
 @app.command()
 def show(
-    path: Annotated[Path | None, typer.Argument(help="Cluster YAML (default: the embedded robot-server).",
-                                                show_default=False)] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="Cluster YAML (default: the embedded robot-server).", show_default=False)
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Validate a cluster YAML and print its devices and the bandwidth/latency between every pair."""

@@ -22,12 +22,17 @@ ModelArg = Annotated[
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Same as the MODEL argument.", show_default=False)]
 InputShapeOpt = Annotated[
     str | None,
-    typer.Option("--input-shape", help="Input shape such as 1,3,224,224 (required for your own model).", show_default=False),
+    typer.Option(
+        "--input-shape", help="Input shape such as 1,3,224,224 (required for your own model).", show_default=False
+    ),
 ]
 CheckpointOpt = Annotated[
     str | None,
-    typer.Option("--checkpoint", help="State dict (.pt/.pth or .safetensors) to load instead of random weights.",
-                 show_default=False),
+    typer.Option(
+        "--checkpoint",
+        help="State dict (.pt/.pth or .safetensors) to load instead of random weights.",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 

@@ -50,8 +50,13 @@ def demo(
     for r in rows:
         used = ", ".join(dict.fromkeys(s["device"] for s in r.get("stages") or [])) or "-"
         lat = r["predicted"]["latency_s"]
-        table.add_row(r["strategy"], used, f"{lat * 1e3:.1f} ms", f"{r['predicted']['throughput_per_s']:.2f}/s",
-                      f"{best_single / lat:.2f}x")
+        table.add_row(
+            r["strategy"],
+            used,
+            f"{lat * 1e3:.1f} ms",
+            f"{r['predicted']['throughput_per_s']:.2f}/s",
+            f"{best_single / lat:.2f}x",
+        )
     console.print(table)
     console.print(f"timelines: {out}/")
 

@@ -16,18 +16,26 @@ from edgeweave.errors import UserError
 
 ClusterOpt = Annotated[
     Path | None,
-    typer.Option("--cluster", "-c", help="Cluster YAML. Default: the embedded robot + server on 50 Mbps WiFi.",
-                 show_default=False),
+    typer.Option(
+        "--cluster",
+        "-c",
+        help="Cluster YAML. Default: the embedded robot + server on 50 Mbps WiFi.",
+        show_default=False,
+    ),
 ]
 ProfileOpt = Annotated[
     Path | None,
-    typer.Option("--profile", "-p", help="Profile JSON from `edgeweave profile` (skips measuring here).",
-                 show_default=False),
+    typer.Option(
+        "--profile", "-p", help="Profile JSON from `edgeweave profile` (skips measuring here).", show_default=False
+    ),
 ]
 CacheOpt = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help=f"Where measured profiles are kept for reuse [default: {DEFAULT_CACHE}].",
-                 show_default=False),
+    typer.Option(
+        "--cache-dir",
+        help=f"Where measured profiles are kept for reuse [default: {DEFAULT_CACHE}].",
+        show_default=False,
+    ),
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Measure afresh; do not read or write the cache.")]
 
@@ -54,8 +62,10 @@ def resolve_profile(
             spec = choice.load()
             graph, _ = capture(spec.module, spec.example_input, spec.name)
             if len(graph) != len(profile.nodes):
-                raise UserError(f"{profile_path}: has {len(profile.nodes)} nodes but {spec.name} captures to "
-                                f"{len(graph)}; profile this model with `edgeweave profile {choice.spec}`")
+                raise UserError(
+                    f"{profile_path}: has {len(profile.nodes)} nodes but {spec.name} captures to "
+                    f"{len(graph)}; profile this model with `edgeweave profile {choice.spec}`"
+                )
         return profile
     if choice is None:
         raise UserError("give a MODEL or --profile P.json")

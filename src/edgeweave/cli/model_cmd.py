@@ -39,7 +39,9 @@ def models(json_out: JsonOpt = False) -> None:
         table.add_column(col)
     for r in rows:
         shape = "x".join(str(d) for d in r["input_shape"])
-        table.add_row(r["name"], r["family"], f"{shape} {r['input_dtype']}", f"{r['params'] / 1e6:.1f}M", r["description"])
+        table.add_row(
+            r["name"], r["family"], f"{shape} {r['input_dtype']}", f"{r['params'] / 1e6:.1f}M", r["description"]
+        )
     console.print(table)
     console.print("Your own model: --model package.module:factory --input-shape 1,3,224,224 [--checkpoint W.pt]")
 
@@ -69,15 +71,29 @@ def profile(
         start = time.perf_counter()
         graph, weights = capture(spec.module, spec.example_input, spec.name)
         capture_s = time.perf_counter() - start
-    with Progress(TextColumn("profiling {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("profiling {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"{spec.name} ({len(graph)} nodes)", total=None)
 
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        prof = profile_graph(graph, weights, spec.example_input, module=spec.module, warmup=warmup,
-                             repeats=repeats, threads=threads, progress=advance)
+        prof = profile_graph(
+            graph,
+            weights,
+            spec.example_input,
+            module=spec.module,
+            warmup=warmup,
+            repeats=repeats,
+            threads=threads,
+            progress=advance,
+        )
     prof.capture_time_s = capture_s
     out.parent.mkdir(parents=True, exist_ok=True)
     prof.save(out)
@@ -109,14 +125,21 @@ def print_profile_summary(prof: Profile, summary: dict, top: int) -> None:
     for col in ("op", "count", "time", "share", "GFLOP"):
         table.add_column(col, justify="right" if col != "op" else "left")
     for r in top_ops(prof, top):
-        table.add_row(r["op"], str(r["count"]), f"{r['time_s'] * 1e3:.2f} ms", f"{100 * r['share']:.1f}%",
-                      f"{r['flops'] / 1e9:.3f}")
+        table.add_row(
+            r["op"],
+            str(r["count"]),
+            f"{r['time_s'] * 1e3:.2f} ms",
+            f"{100 * r['share']:.1f}%",
+            f"{r['flops'] / 1e9:.3f}",
+        )
     console.print(table)
     fwd = summary["forward_time_s"]
     ratio = f" ({summary['sum_over_forward']:.2f}x of the model's own forward {fwd * 1e3:.1f} ms)" if fwd else ""
     console.print(f"nodes: {summary['nodes']}   sum of node times: {summary['total_time_s'] * 1e3:.1f} ms{ratio}")
-    console.print(f"FLOPs: {summary['flops'] / 1e9:.2f} G   parameters: {format_bytes(summary['param_bytes'])}   "
-                  f"capture: {summary['capture_time_s']:.1f} s   written: {summary['out']}")
+    console.print(
+        f"FLOPs: {summary['flops'] / 1e9:.2f} G   parameters: {format_bytes(summary['param_bytes'])}   "
+        f"capture: {summary['capture_time_s']:.1f} s   written: {summary['out']}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgeweave.cli.common import CheckpointOpt, InputShapeOpt, JsonOpt, ModelArg, ModelOpt, console, model_choice, print_json
+from edgeweave.cli.common import (
+    CheckpointOpt,
+    InputShapeOpt,
+    JsonOpt,
+    ModelArg,
+    ModelOpt,
+    console,
+    model_choice,
+    print_json,
+)
 from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster, resolve_profile
 from edgeweave.cost.profile import Profile
 from edgeweave.cost.units import format_bytes
@@ -17,8 +26,11 @@ from edgeweave.plan.ir import Plan
 
 StrategyOpt = Annotated[
     str,
-    typer.Option("--strategy", "-s", help="local, offload, neurosurgeon, dads, even, pipedream or pipeline "
-                 "(the exact heterogeneous optimiser)."),
+    typer.Option(
+        "--strategy",
+        "-s",
+        help="local, offload, neurosurgeon, dads, even, pipedream or pipeline (the exact heterogeneous optimiser).",
+    ),
 ]
 ObjectiveOpt = Annotated[
     str, typer.Option("--objective", "-O", help="throughput (minimise the bottleneck) or latency (one request).")
@@ -28,9 +40,15 @@ ObjectiveOpt = Annotated[
 def plan_summary(plan: Plan, plan_time_s: float | None = None) -> dict[str, Any]:
     """The JSON of `plan --json` (design notes' contract) for an already built plan."""
     out: dict[str, Any] = {
-        "strategy": plan.strategy, "objective": plan.objective, "model": plan.model, "source": plan.source,
-        "predicted": plan.predicted, "cost_model": plan.cost_model, "devices": plan.devices,
-        "tasks": len(plan.tasks), "notes": plan.notes,
+        "strategy": plan.strategy,
+        "objective": plan.objective,
+        "model": plan.model,
+        "source": plan.source,
+        "predicted": plan.predicted,
+        "cost_model": plan.cost_model,
+        "devices": plan.devices,
+        "tasks": len(plan.tasks),
+        "notes": plan.notes,
     }
     if plan.stages is not None:
         out["stages"] = [s.model_dump() for s in plan.stages]
@@ -44,8 +62,11 @@ def attach_prediction(plan: Plan, requests: int = 50) -> Plan:
     from edgeweave.sim.simulator import simulate
 
     result = simulate(plan, requests=requests)
-    plan.predicted = {"latency_s": result.single_latency_s, "throughput_per_s": result.throughput_per_s,
-                      "stream_p50_latency_s": result.latency_s}
+    plan.predicted = {
+        "latency_s": result.single_latency_s,
+        "throughput_per_s": result.throughput_per_s,
+        "stream_p50_latency_s": result.latency_s,
+    }
     return plan
 
 
@@ -58,8 +79,10 @@ def plan(
     cluster: ClusterOpt = None,
     strategy: StrategyOpt = "pipeline",
     objective: ObjectiveOpt = "throughput",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the Plan JSON here (for simulate/run).",
-                                              show_default=False)] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the Plan JSON here (for simulate/run).", show_default=False),
+    ] = None,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     json_out: JsonOpt = False,
@@ -86,7 +109,9 @@ def plan(
 
 def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
     cm = the_plan.cost_model
-    table = Table(title=f"{the_plan.model}: {the_plan.strategy} plan ({the_plan.objective}) on {len(the_plan.devices)} devices")
+    table = Table(
+        title=f"{the_plan.model}: {the_plan.strategy} plan ({the_plan.objective}) on {len(the_plan.devices)} devices"
+    )
     for col in ("#", "device", "nodes", "compute", "transfer in", "bytes in", "memory"):
         table.add_column(col, justify="left" if col in ("device", "nodes") else "right")
     bottleneck = cm["bottleneck_s"]
@@ -99,17 +124,31 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
         span = f"{first}-{last} ({prof.nodes[first].name} .. {prof.nodes[last].name})"
         if len(task.nodes) != last - first + 1:
             span = f"{len(task.nodes)} nodes in {first}-{last}"
-        mark = lambda v: f"[bold red]{v * 1e3:.2f} ms*[/]" if abs(v - bottleneck) <= 1e-12 * max(1, bottleneck) else f"{v * 1e3:.2f} ms"  # noqa: E731
-        table.add_row(str(k), task.device, span, mark(cm["compute_s"][k]), mark(t_in),
-                      format_bytes(xfer.bytes) if xfer else "-", f"{format_bytes(task.memory_bytes)} / {mem_cap.get(task.device, '?')}")
+        table.add_row(
+            str(k),
+            task.device,
+            span,
+            _mark(cm["compute_s"][k], bottleneck),
+            _mark(t_in, bottleneck),
+            format_bytes(xfer.bytes) if xfer else "-",
+            f"{format_bytes(task.memory_bytes)} / {mem_cap.get(task.device, '?')}",
+        )
     console.print(table)
     if cm["output_s"] > 0:
         console.print(f"output back to {the_plan.source}: {cm['output_s'] * 1e3:.2f} ms")
     p = the_plan.predicted
-    console.print(f"predicted: latency {p['latency_s'] * 1e3:.1f} ms, throughput {p['throughput_per_s']:.2f}/s "
-                  f"(bottleneck {bottleneck * 1e3:.2f} ms, marked *)   planned in {plan_time * 1e3:.0f} ms")
+    console.print(
+        f"predicted: latency {p['latency_s'] * 1e3:.1f} ms, throughput {p['throughput_per_s']:.2f}/s "
+        f"(bottleneck {bottleneck * 1e3:.2f} ms, marked *)   planned in {plan_time * 1e3:.0f} ms"
+    )
     for note in the_plan.notes:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _mark(value: float, bottleneck: float) -> str:
+    """A time in ms, highlighted when it is the plan's bottleneck."""
+    text = f"{value * 1e3:.2f} ms"
+    return f"[bold red]{text}*[/]" if abs(value - bottleneck) <= 1e-12 * max(1.0, bottleneck) else text
 
 
 def register(app: typer.Typer) -> None:

@@ -21,17 +21,28 @@ from edgeweave.plan.ir import Plan
 def simulate(
     plan: Annotated[Path, typer.Argument(help="Plan JSON written by `edgeweave plan`.", show_default=False)],
     requests: Annotated[int, typer.Option("--requests", "-n", help="Requests to stream through the plan.")] = 50,
-    rate: Annotated[float | None, typer.Option("--rate", help="Arrivals per second (default: all ready at 0).",
-                                               show_default=False)] = None,
-    max_inflight: Annotated[int | None, typer.Option("--max-inflight", help="Most requests in the system at once "
-                                                     "(default: number of tasks + 1).", show_default=False)] = None,
+    rate: Annotated[
+        float | None, typer.Option("--rate", help="Arrivals per second (default: all ready at 0).", show_default=False)
+    ] = None,
+    max_inflight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-inflight",
+            help="Most requests in the system at once (default: number of tasks + 1).",
+            show_default=False,
+        ),
+    ] = None,
     overhead_s: Annotated[float, typer.Option("--overhead-s", help="Extra seconds added to every transfer.")] = 0.0,
-    cluster: Annotated[Path | None, typer.Option("--cluster", help="Replay on this cluster's links instead of the "
-                                                 "plan's own.", show_default=False)] = None,
-    timeline: Annotated[Path | None, typer.Option("--timeline", help="Write a Gantt chart PNG here.",
-                                                  show_default=False)] = None,
-    trace: Annotated[Path | None, typer.Option("--trace", help="Write a Chrome/Perfetto trace JSON here.",
-                                               show_default=False)] = None,
+    cluster: Annotated[
+        Path | None,
+        typer.Option("--cluster", help="Replay on this cluster's links instead of the plan's own.", show_default=False),
+    ] = None,
+    timeline: Annotated[
+        Path | None, typer.Option("--timeline", help="Write a Gantt chart PNG here.", show_default=False)
+    ] = None,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="Write a Chrome/Perfetto trace JSON here.", show_default=False)
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Simulate a stream of requests through PLAN: each device computes and each link direction sends one task at a
@@ -40,8 +51,9 @@ def simulate(
         raise UserError(f"--requests must be >= 1, got {requests}")
     loaded = Plan.load(plan)
     other = Cluster.load(cluster) if cluster is not None else None
-    result = sim.simulate(loaded, requests, cluster=other, rate_per_s=rate, max_inflight=max_inflight,
-                          overhead_s=overhead_s)
+    result = sim.simulate(
+        loaded, requests, cluster=other, rate_per_s=rate, max_inflight=max_inflight, overhead_s=overhead_s
+    )
     title = f"{loaded.model}: {loaded.strategy} plan, {requests} requests"
     written: dict[str, str] = {}
     if timeline is not None:
@@ -49,8 +61,16 @@ def simulate(
     if trace is not None:
         written["trace"] = str(_write(lambda: sim.write_trace(result, trace, name=title), trace))
     if json_out:
-        print_json({"plan": str(plan), "strategy": loaded.strategy, "objective": loaded.objective,
-                    "predicted": _predicted(loaded), **result.to_dict(events=False), **written})
+        print_json(
+            {
+                "plan": str(plan),
+                "strategy": loaded.strategy,
+                "objective": loaded.objective,
+                "predicted": _predicted(loaded),
+                **result.to_dict(events=False),
+                **written,
+            }
+        )
         return
     _print_tables(result, _predicted(loaded), title)
     for what, where in written.items():
@@ -88,10 +108,12 @@ def _print_tables(result: sim.SimResult, predicted: dict[str, Any], title: str) 
     summary.add_row("latency p50 (incl. queueing)", format_duration(result.latency_s), "")
     summary.add_row("latency p95 (incl. queueing)", format_duration(result.latency_p95_s), "")
     summary.add_row("latency p50 after admission", format_duration(result.service_latency_s), "")
-    summary.add_row("single-request latency", format_duration(result.single_latency_s),
-                    _duration(predicted.get("latency_s")))
-    summary.add_row("throughput (steady state)", _rate(result.throughput_per_s),
-                    _rate(predicted.get("throughput_per_s")))
+    summary.add_row(
+        "single-request latency", format_duration(result.single_latency_s), _duration(predicted.get("latency_s"))
+    )
+    summary.add_row(
+        "throughput (steady state)", _rate(result.throughput_per_s), _rate(predicted.get("throughput_per_s"))
+    )
     summary.add_row("makespan", format_duration(result.makespan_s), "")
     summary.add_row("max in flight", str(result.max_inflight), "")
     console.print(summary)
@@ -100,8 +122,9 @@ def _print_tables(result: sim.SimResult, predicted: dict[str, Any], title: str) 
     for col in ("device", "tasks", "busy", "utilisation", "idle"):
         devices.add_column(col, justify="left" if col == "device" else "right")
     for name, use in result.devices.items():
-        devices.add_row(name, str(use.tasks), format_duration(use.busy_s), f"{use.utilisation:.1%}",
-                        format_duration(use.idle_s))
+        devices.add_row(
+            name, str(use.tasks), format_duration(use.busy_s), f"{use.utilisation:.1%}", format_duration(use.idle_s)
+        )
     console.print(devices)
 
     if result.links:
@@ -109,8 +132,9 @@ def _print_tables(result: sim.SimResult, predicted: dict[str, Any], title: str) 
         for col in ("link", "transfers", "bytes", "busy", "utilisation"):
             links.add_column(col, justify="left" if col == "link" else "right")
         for name, use in result.links.items():
-            links.add_row(name, str(use.transfers), format_bytes(use.bytes), format_duration(use.busy_s),
-                          f"{use.utilisation:.1%}")
+            links.add_row(
+                name, str(use.transfers), format_bytes(use.bytes), format_duration(use.busy_s), f"{use.utilisation:.1%}"
+            )
         console.print(links)
 
 

@@ -179,9 +179,7 @@ class PowerModel(BaseModel):
         for field in ("idle_w", "busy_w"):
             value = getattr(self, field)
             if value is None:
-                raise UserError(
-                    f"device {device_name!r}: power.{field} is missing (energy needs idle_w and busy_w)"
-                )
+                raise UserError(f"device {device_name!r}: power.{field} is missing (energy needs idle_w and busy_w)")
             if value < 0:
                 raise UserError(f"device {device_name!r}: power.{field} must be >= 0, got {value}")
         return self
@@ -236,9 +234,7 @@ class Device(BaseModel):
     def require_power(self) -> PowerModel:
         """The complete power model, or a UserError saying what to add to the cluster file."""
         if self.power is None:
-            raise UserError(
-                f"device {self.name!r} has no power model (add power: {{idle_w: ..., busy_w: ...}})"
-            )
+            raise UserError(f"device {self.name!r} has no power model (add power: {{idle_w: ..., busy_w: ...}})")
         return self.power.require_complete(self.name)
 
 
@@ -432,9 +428,7 @@ class Cluster(BaseModel):
     def from_dict(cls, data: Any, origin: str = "<string>") -> Cluster:
         """Validate a parsed cluster description; problems raise a one-line UserError."""
         if not isinstance(data, Mapping):
-            raise UserError(
-                f"{origin}: expected a mapping with source, devices and links, got {type(data).__name__}"
-            )
+            raise UserError(f"{origin}: expected a mapping with source, devices and links, got {type(data).__name__}")
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
@@ -534,9 +528,7 @@ class Cluster(BaseModel):
     def is_uniform(self) -> bool:
         """True when every ordered pair of distinct devices has the same bandwidth and latency."""
         names = self.device_names
-        seen = {
-            (self.link(a, b).bandwidth_bps, self.link(a, b).latency_s) for a in names for b in names if a != b
-        }
+        seen = {(self.link(a, b).bandwidth_bps, self.link(a, b).latency_s) for a in names for b in names if a != b}
         return len(seen) <= 1
 
     def subset(self, names: Iterable[str], source: str | None = None) -> Cluster:
@@ -555,9 +547,7 @@ class Cluster(BaseModel):
         keep = set(wanted)
         links = {key: link for key, link in self.links.items() if self._key_within(key, keep)}
         devices = {name: device for name, device in self.devices.items() if name in keep}
-        sub = Cluster(
-            name=self.name, description=self.description, source=source, devices=devices, links=links
-        )
+        sub = Cluster(name=self.name, description=self.description, source=source, devices=devices, links=links)
         sub._base_dir = self._base_dir
         return sub
 

@@ -139,8 +139,12 @@ class Profile(BaseModel):
     def summary(self) -> dict[str, Any]:
         extra = self.model_extra or {}
         return {
-            "model": self.model, "nodes": len(self.nodes), "total_time_s": self.total_time(),
-            "param_bytes": int(self.param_bytes.sum()), "input_bytes": self.input_bytes,
-            "output_bytes": self.output_bytes, "forward_time_s": extra.get("forward_time_s"),
+            "model": self.model,
+            "nodes": len(self.nodes),
+            "total_time_s": self.total_time(),
+            "param_bytes": int(self.param_bytes.sum()),
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+            "forward_time_s": extra.get("forward_time_s"),
             "flops": sum(int((n.model_extra or {}).get("flops", 0)) for n in self.nodes),
         }

@@ -95,22 +95,43 @@ def profile_graph(
     medians = [statistics.median(col) for col in zip(*samples, strict=True)]
     nodes = [
         {
-            "name": n.name, "time_s": t, "out_bytes": n.out_bytes, "param_bytes": n.param_bytes,
-            "inputs": n.inputs, "op": n.op, "flops": n.flops, "out_shape": n.out_shape,
-            "out_dtype": n.out_dtype, "module": n.module,
+            "name": n.name,
+            "time_s": t,
+            "out_bytes": n.out_bytes,
+            "param_bytes": n.param_bytes,
+            "inputs": n.inputs,
+            "op": n.op,
+            "flops": n.flops,
+            "out_shape": n.out_shape,
+            "out_dtype": n.out_dtype,
+            "module": n.module,
         }
         for n, t in zip(graph.nodes, medians, strict=True)
     ]
-    return Profile.model_validate({
-        "model": graph.model, "input_bytes": graph.input_bytes, "input_shape": graph.input_shape,
-        "input_dtype": graph.input_dtype, "threads": threads, "warmup": warmup, "repeats": repeats,
-        "forward_time_s": forward_time, "reference_device": reference_device(threads), "nodes": nodes,
-    })
+    return Profile.model_validate(
+        {
+            "model": graph.model,
+            "input_bytes": graph.input_bytes,
+            "input_shape": graph.input_shape,
+            "input_dtype": graph.input_dtype,
+            "threads": threads,
+            "warmup": warmup,
+            "repeats": repeats,
+            "forward_time_s": forward_time,
+            "reference_device": reference_device(threads),
+            "nodes": nodes,
+        }
+    )
 
 
 def reference_device(threads: int) -> dict[str, Any]:
     """What the profile's times were measured on, so a reader knows what speed 1.0 means."""
     import platform
 
-    return {"host": platform.node(), "machine": platform.machine(), "processor": platform.processor() or "",
-            "torch": torch.__version__, "threads": threads}
+    return {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "",
+        "torch": torch.__version__,
+        "threads": threads,
+    }

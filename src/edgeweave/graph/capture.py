@@ -118,9 +118,18 @@ class _Builder:
         op = _op_name(fx_node.target)
         flops = count_flops(op, list(fx_node.args), shapes, out_shape if isinstance(out_dtype, str) else [])
         return OpNode(
-            name=fx_node.name, op=op, args=args, kwargs=kwargs, inputs=list(dict.fromkeys(refs)),
-            weights=list(dict.fromkeys(weights)), out_shape=out_shape, out_dtype=out_dtype,
-            out_bytes=out_bytes, param_bytes=0, flops=flops, module=_module_path(fx_node),
+            name=fx_node.name,
+            op=op,
+            args=args,
+            kwargs=kwargs,
+            inputs=list(dict.fromkeys(refs)),
+            weights=list(dict.fromkeys(weights)),
+            out_shape=out_shape,
+            out_dtype=out_dtype,
+            out_bytes=out_bytes,
+            param_bytes=0,
+            flops=flops,
+            module=_module_path(fx_node),
         )
 
 

@@ -117,7 +117,7 @@ def _stage_memory_matrix(pm: PipelineModel) -> np.ndarray:
     peak = np.zeros((L + 1, L + 1), dtype=np.int64)
     out = pm.out_bytes.astype(np.int64)
     for p in range(L):
-        peak[p, p + 1:] = np.maximum.accumulate(out[p:])
+        peak[p, p + 1 :] = np.maximum.accumulate(out[p:])
     return pm.prefix_params[None, :] - pm.prefix_params[:, None] + peak
 
 

@@ -39,8 +39,12 @@ class PlacementCosts:
         return 1.0 / self.bottleneck_s if self.bottleneck_s > 0 else float("inf")
 
     def as_dict(self) -> dict:
-        return {"latency_s": self.latency_s, "bottleneck_s": self.bottleneck_s,
-                "throughput_per_s": self.throughput_per_s, "fits": self.fits}
+        return {
+            "latency_s": self.latency_s,
+            "bottleneck_s": self.bottleneck_s,
+            "throughput_per_s": self.throughput_per_s,
+            "fits": self.fits,
+        }
 
 
 def crossing_values(profile: Profile, placement: Placement) -> list[list[str]]:
@@ -59,8 +63,7 @@ def crossing_values(profile: Profile, placement: Placement) -> list[list[str]]:
                 raise ValueError(f"node {node.name} runs before its input {ref}")
             last_reader[ref] = max(last_reader.get(ref, -1), reader)
     order = [INPUT] + [n.name for n in profile.nodes]
-    return [[v for v in order if v in last_reader and part_of[v] < k <= last_reader[v]]
-            for k in range(len(placement))]
+    return [[v for v in order if v in last_reader and part_of[v] < k <= last_reader[v]] for k in range(len(placement))]
 
 
 def _value_bytes(profile: Profile, name: str) -> int:
@@ -88,14 +91,23 @@ def evaluate_placement(profile: Profile, pm: PipelineModel, placement: Placement
         memory.append(int(pm.params[nodes].sum() + pm.out_bytes[nodes].max()))
         prev = dev
     last = placement[-1][0]
-    output = 0.0 if last == pm.source else float(pm.latency[last, pm.source] + profile.output_bytes / pm.bandwidth[last, pm.source])
+    output = (
+        0.0
+        if last == pm.source
+        else float(pm.latency[last, pm.source] + profile.output_bytes / pm.bandwidth[last, pm.source])
+    )
     fits = all(m <= pm.memory[d] for m, (d, _) in zip(memory, placement, strict=True))
     times = compute + t_in + [output]
     return PlacementCosts(compute, t_in, b_in, crossing, output, memory, fits, max(times), sum(times))
 
 
 def build_plan(
-    profile: Profile, cluster: Cluster, pm: PipelineModel, placement: Placement, strategy: str, objective: str,
+    profile: Profile,
+    cluster: Cluster,
+    pm: PipelineModel,
+    placement: Placement,
+    strategy: str,
+    objective: str,
     notes: list[str] | None = None,
 ) -> Plan:
     """The task graph of one request for a placement, with the cost model's prediction attached."""
@@ -107,29 +119,69 @@ def build_plan(
         after = [prev_task] if prev_task else []
         if name != prev_dev and values:
             tid = f"x{k}"
-            tasks.append(TransferTask(id=tid, src=prev_dev, dst=name, values=values, bytes=costs.transfer_in_bytes[k],
-                                      after=after))
+            tasks.append(
+                TransferTask(
+                    id=tid, src=prev_dev, dst=name, values=values, bytes=costs.transfer_in_bytes[k], after=after
+                )
+            )
             after = [tid]
         tid = f"c{k}"
-        tasks.append(ComputeTask(id=tid, device=name, nodes=sorted(nodes), after=after, time_s=costs.compute_s[k],
-                                 memory_bytes=costs.memory_bytes[k]))
+        tasks.append(
+            ComputeTask(
+                id=tid,
+                device=name,
+                nodes=sorted(nodes),
+                after=after,
+                time_s=costs.compute_s[k],
+                memory_bytes=costs.memory_bytes[k],
+            )
+        )
         prev_dev, prev_task = name, tid
     if prev_dev != cluster.source:
-        tasks.append(TransferTask(id="xout", src=prev_dev, dst=cluster.source, values=[profile.nodes[-1].name],
-                                  bytes=profile.output_bytes, after=[prev_task]))
+        tasks.append(
+            TransferTask(
+                id="xout",
+                src=prev_dev,
+                dst=cluster.source,
+                values=[profile.nodes[-1].name],
+                bytes=profile.output_bytes,
+                after=[prev_task],
+            )
+        )
     contiguous = all(nodes == list(range(nodes[0], nodes[-1] + 1)) for _, nodes in placement)
-    stages = [StageRef(device=pm.devices[d], first=nodes[0], last=nodes[-1]) for d, nodes in placement] if contiguous else None
+    stages = (
+        [StageRef(device=pm.devices[d], first=nodes[0], last=nodes[-1]) for d, nodes in placement]
+        if contiguous
+        else None
+    )
     plan_notes = list(notes or [])
     if not costs.fits:
-        plan_notes.append("does not fit in memory: " + ", ".join(
-            f"{pm.devices[d]} needs {m / 2**20:.0f} MiB of {pm.memory[d] / 2**20:.0f} MiB"
-            for m, (d, _) in zip(costs.memory_bytes, placement, strict=True) if m > pm.memory[d]))
+        plan_notes.append(
+            "does not fit in memory: "
+            + ", ".join(
+                f"{pm.devices[d]} needs {m / 2**20:.0f} MiB of {pm.memory[d] / 2**20:.0f} MiB"
+                for m, (d, _) in zip(costs.memory_bytes, placement, strict=True)
+                if m > pm.memory[d]
+            )
+        )
     return Plan(
-        strategy=strategy, objective=objective, model=profile.model, source=cluster.source,
+        strategy=strategy,
+        objective=objective,
+        model=profile.model,
+        source=cluster.source,
         devices=list(dict.fromkeys([cluster.source, *(pm.devices[d] for d, _ in placement)])),
-        num_nodes=len(profile.nodes), input_bytes=profile.input_bytes, output_bytes=profile.output_bytes,
-        tasks=tasks, stages=stages, cost_model={**costs.as_dict(), "compute_s": costs.compute_s,
-                                                "transfer_in_s": costs.transfer_in_s, "output_s": costs.output_s,
-                                                "memory_bytes": costs.memory_bytes},
-        cluster=cluster.to_dict(), notes=plan_notes,
+        num_nodes=len(profile.nodes),
+        input_bytes=profile.input_bytes,
+        output_bytes=profile.output_bytes,
+        tasks=tasks,
+        stages=stages,
+        cost_model={
+            **costs.as_dict(),
+            "compute_s": costs.compute_s,
+            "transfer_in_s": costs.transfer_in_s,
+            "output_s": costs.output_s,
+            "memory_bytes": costs.memory_bytes,
+        },
+        cluster=cluster.to_dict(),
+        notes=plan_notes,
     )

@@ -86,11 +86,17 @@ class PipelineModel:
                     lat[i, j] = link.latency_s
         devs = [cluster.devices[d] for d in names]
         return cls(
-            model=profile.model, times=profile.times, params=profile.param_bytes, out_bytes=profile.out_bytes,
-            cut_bytes=profile.cut_bytes.astype(np.int64), devices=list(names),
+            model=profile.model,
+            times=profile.times,
+            params=profile.param_bytes,
+            out_bytes=profile.out_bytes,
+            cut_bytes=profile.cut_bytes.astype(np.int64),
+            devices=list(names),
             speed=np.array([d.speed for d in devs], dtype=np.float64),
             memory=np.array([d.memory_bytes for d in devs], dtype=np.int64),
-            source=names.index(cluster.source), bandwidth=bw, latency=lat,
+            source=names.index(cluster.source),
+            bandwidth=bw,
+            latency=lat,
             node_names=[nd.name for nd in profile.nodes],
         )
 

@@ -84,7 +84,7 @@ class Plan(BaseModel):
             if missing:
                 raise ValueError(f"task {task.id!r} waits for {missing[0]!r}, which is not an earlier task")
             ids.add(task.id)
-            for dev in ([task.device] if task.kind == "compute" else [task.src, task.dst]):
+            for dev in [task.device] if task.kind == "compute" else [task.src, task.dst]:
                 if dev not in self.devices:
                     raise ValueError(f"task {task.id!r} uses device {dev!r}, which is not in the plan's devices")
         return self

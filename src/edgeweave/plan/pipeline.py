@@ -69,8 +69,9 @@ def _interchangeable(pm: PipelineModel, a: int, b: int, members: list[int]) -> b
             return False
     if (pm.bandwidth[a, b], pm.latency[a, b]) != (pm.bandwidth[b, a], pm.latency[b, a]):
         return False
-    return all((pm.bandwidth[a, b], pm.latency[a, b]) == (pm.bandwidth[a, m], pm.latency[a, m])
-               for m in members if m != a)
+    return all(
+        (pm.bandwidth[a, b], pm.latency[a, b]) == (pm.bandwidth[a, m], pm.latency[a, m]) for m in members if m != a
+    )
 
 
 # --------------------------------------------------------------------------- problem arrays
@@ -96,8 +97,7 @@ class _Problem:
         self.internal[0] = self.internal[self.L] = False
         self.qmem = np.stack([self._memory_reach(int(pm.memory[r])) for r in self.rep])
         # class-to-class transfer per cut: [from_class, to_class, cut]; from "start" = source.
-        self.trans = np.stack([np.stack([self._class_transfer(a, b) for b in range(self.C)])
-                               for a in range(self.C)])
+        self.trans = np.stack([np.stack([self._class_transfer(a, b) for b in range(self.C)]) for a in range(self.C)])
         self.remaining = pm.prefix_time[-1] - pm.prefix_time
 
     def _class_transfer(self, a: int, b: int) -> np.ndarray:
@@ -156,7 +156,7 @@ class _Problem:
         pt = self.pm.prefix_time
         starts = np.flatnonzero(self.pm.allowed[: self.L])
         ends = np.flatnonzero(self.pm.allowed[1:]) + 1
-        work = (pt[ends][None, :] - pt[starts][:, None])
+        work = pt[ends][None, :] - pt[starts][:, None]
         work = work[work > 0]
         vals = [self.trans[np.isfinite(self.trans)].ravel()]
         for s in np.unique(self.speed):
@@ -182,8 +182,8 @@ def _uniform(pb: _Problem) -> bool:
 
 
 def _feasible_uniform(pb: _Problem, T: float):
-    """Farthest-cut DP. Returns (end_state, last_class, f) or None."""
-    L, pm = pb.L, pb.pm
+    """Farthest-cut DP. Returns (end_state, last_class, f, reach) or None."""
+    L = pb.L
     qmax, Tt = pb.reach(T)
     other = next((c for c in range(pb.C) if c != pb.src_class), None)
     tr = pb.trans[pb.src_class, other] if other is not None else np.full(L + 1, np.inf)
@@ -293,7 +293,7 @@ def _feasible_general(pb: _Problem, T: float):
     while prev is not None:
         cand_prev_state = state - int(pb.stride[prev])
         found = None
-        for pp in ([None] if cand_prev_state == 0 else range(pb.C)):
+        for pp in [None] if cand_prev_state == 0 else range(pb.C):
             if pp is None:
                 if p == 0 or not (prev == pb.src_class or ok[pb.src_class, prev, 0]):
                     continue
@@ -319,8 +319,9 @@ def _feasible_general(pb: _Problem, T: float):
 _ANY = -2  # with uniform links the last device does not change any later cost: states merge
 
 
-def _latency_search(pb: _Problem, uniform: bool, cap: float = np.inf, upper: float = np.inf,
-                    max_expansions: int = 10**9):
+def _latency_search(
+    pb: _Problem, uniform: bool, cap: float = np.inf, upper: float = np.inf, max_expansions: int = 10**9
+):
     """Minimum-latency plan with every compute and transfer <= cap. Returns (latency, stages) or None.
 
     Layered over the number of devices used; each (state, last class) keeps a vector of best
@@ -386,8 +387,11 @@ def _latency_search(pb: _Problem, uniform: bool, cap: float = np.inf, upper: flo
                     better = val < nxt[key]
                     nxt[key] = np.where(better, val, nxt[key])
                     op, oc, ot = parents[key]
-                    parents[key] = (np.where(better, from_pos, op), np.where(better, from_cls, oc),
-                                    np.where(better, from_tag, ot))
+                    parents[key] = (
+                        np.where(better, from_pos, op),
+                        np.where(better, from_cls, oc),
+                        np.where(better, from_tag, ot),
+                    )
                 else:
                     nxt[key] = val
                     parents[key] = (from_pos, from_cls, from_tag)
@@ -503,5 +507,11 @@ def _reconstruct(pb: _Problem, hit, uniform: bool) -> list[tuple]:
 
 
 def _stats(pb: _Problem, started: float, uniform: bool, objective: str, **extra) -> dict:
-    return {"time_s": time.perf_counter() - started, "classes": pb.C, "states": pb.num_states,
-            "uniform_links": uniform, "objective": objective, **extra}
+    return {
+        "time_s": time.perf_counter() - started,
+        "classes": pb.C,
+        "states": pb.num_states,
+        "uniform_links": uniform,
+        "objective": objective,
+        **extra,
+    }

@@ -88,11 +88,15 @@ class SimResult:
     def to_dict(self, events: bool = True) -> dict[str, Any]:
         """JSON-able view; non-finite numbers (a plan of zero-time tasks) become None."""
         out: dict[str, Any] = {
-            "requests": self.requests, "max_inflight": self.max_inflight, "rate_per_s": self.rate_per_s,
+            "requests": self.requests,
+            "max_inflight": self.max_inflight,
+            "rate_per_s": self.rate_per_s,
             "overhead_s": self.overhead_s,
             "latency_s": {"p50": self.latency_s, "p95": self.latency_p95_s},
-            "service_latency_s": self.service_latency_s, "single_latency_s": self.single_latency_s,
-            "throughput_per_s": self.throughput_per_s, "makespan_s": self.makespan_s,
+            "service_latency_s": self.service_latency_s,
+            "single_latency_s": self.single_latency_s,
+            "throughput_per_s": self.throughput_per_s,
+            "makespan_s": self.makespan_s,
             "devices": {k: asdict(v) for k, v in self.devices.items()},
             "links": {k: asdict(v) for k, v in self.links.items()},
             "per_request": [asdict(r) for r in self.per_request],
@@ -150,7 +154,9 @@ def _task_table(plan: Plan, cluster: Cluster | None, overhead_s: float) -> _Task
 
 
 def _schedule(
-    table: _TaskTable, arrivals: list[float], max_inflight: int,
+    table: _TaskTable,
+    arrivals: list[float],
+    max_inflight: int,
 ) -> tuple[list[float], list[float], list[list[float]], list[list[float]]]:
     """Start and end of every task of every request under the FIFO rules; returns
     (admission, finish, starts[r][i], ends[r][i]).
@@ -202,7 +208,7 @@ def _steady_throughput(finish: list[float], makespan: float) -> float:
     """Completions per second over the second half of the stream (the first half is warm-up)."""
     n = len(finish)
     if n >= 4:
-        tail = finish[n // 2:]
+        tail = finish[n // 2 :]
         span = tail[-1] - tail[0]
         if span > 0:
             return (len(tail) - 1) / span
@@ -216,8 +222,10 @@ def _device_usage(plan: Plan, table: _TaskTable, requests: int, makespan: float)
         if task.kind == "compute":
             busy[task.device] += duration * requests
             count[task.device] += requests
-    return {d: DeviceUsage(count[d], busy[d], max(makespan - busy[d], 0.0), busy[d] / makespan if makespan else 0.0)
-            for d in plan.devices}
+    return {
+        d: DeviceUsage(count[d], busy[d], max(makespan - busy[d], 0.0), busy[d] / makespan if makespan else 0.0)
+        for d in plan.devices
+    }
 
 
 def _link_usage(plan: Plan, table: _TaskTable, requests: int, makespan: float) -> dict[str, LinkUsage]:
@@ -299,14 +307,24 @@ def simulate(
     admission, finish, starts, ends = _schedule(table, arrivals, inflight)
     makespan = max(finish)
     single = _schedule(table, [0.0], 1)[1][0]
-    records = [RequestRecord(r, arrivals[r], admission[r], finish[r], finish[r] - arrivals[r], finish[r] - admission[r])
-               for r in range(requests)]
+    records = [
+        RequestRecord(r, arrivals[r], admission[r], finish[r], finish[r] - arrivals[r], finish[r] - admission[r])
+        for r in range(requests)
+    ]
     latencies = np.array([rec.latency_s for rec in records])
     return SimResult(
-        requests=requests, max_inflight=inflight, rate_per_s=rate_per_s, overhead_s=overhead_s,
-        latency_s=float(np.percentile(latencies, 50)), latency_p95_s=float(np.percentile(latencies, 95)),
+        requests=requests,
+        max_inflight=inflight,
+        rate_per_s=rate_per_s,
+        overhead_s=overhead_s,
+        latency_s=float(np.percentile(latencies, 50)),
+        latency_p95_s=float(np.percentile(latencies, 95)),
         service_latency_s=float(np.percentile([rec.service_latency_s for rec in records], 50)),
-        single_latency_s=single, throughput_per_s=_steady_throughput(finish, makespan), makespan_s=makespan,
-        per_request=records, devices=_device_usage(plan, table, requests, makespan),
-        links=_link_usage(plan, table, requests, makespan), events=_events(table, starts, ends),
+        single_latency_s=single,
+        throughput_per_s=_steady_throughput(finish, makespan),
+        makespan_s=makespan,
+        per_request=records,
+        devices=_device_usage(plan, table, requests, makespan),
+        links=_link_usage(plan, table, requests, makespan),
+        events=_events(table, starts, ends),
     )

@@ -52,11 +52,17 @@ def as_events(source: Any) -> list[TimelineEvent]:
         if isinstance(item, TimelineEvent):
             events.append(item)
         elif isinstance(item, Mapping):
-            events.append(TimelineEvent(
-                resource=str(item["resource"]), request=int(item["request"]), task=str(item["task"]),
-                start=float(item["start"]), end=float(item["end"]), kind=str(item.get("kind", "compute")),
-                bytes=int(item.get("bytes", 0)),
-            ))
+            events.append(
+                TimelineEvent(
+                    resource=str(item["resource"]),
+                    request=int(item["request"]),
+                    task=str(item["task"]),
+                    start=float(item["start"]),
+                    end=float(item["end"]),
+                    kind=str(item.get("kind", "compute")),
+                    bytes=int(item.get("bytes", 0)),
+                )
+            )
         else:
             raise TypeError(f"not a timeline event: {type(item).__name__}")
     return events
@@ -80,7 +86,10 @@ def _row_label(resource: str) -> str:
 
 
 def draw_timeline(
-    source: Any, path: str | Path, title: str = "edgeweave timeline", max_requests: int = DEFAULT_MAX_REQUESTS,
+    source: Any,
+    path: str | Path,
+    title: str = "edgeweave timeline",
+    max_requests: int = DEFAULT_MAX_REQUESTS,
 ) -> Path:
     """Draw a Gantt chart: one row per device and per link direction, bars coloured by request.
 
@@ -111,11 +120,20 @@ def draw_timeline(
     for ev in drawn:
         colour = cmap(ev.request % _PALETTE_SIZE)
         hatch = "//" if ev.kind == "transfer" else None
-        ax.barh(row_of[ev.resource], ev.duration, left=ev.start, height=0.7, color=colour, edgecolor="black",
-                linewidth=0.4, hatch=hatch)
+        ax.barh(
+            row_of[ev.resource],
+            ev.duration,
+            left=ev.start,
+            height=0.7,
+            color=colour,
+            edgecolor="black",
+            linewidth=0.4,
+            hatch=hatch,
+        )
         if ev.duration > 0.025 * span:
-            ax.text(ev.start + ev.duration / 2, row_of[ev.resource], str(ev.request), ha="center", va="center",
-                    fontsize=7)
+            ax.text(
+                ev.start + ev.duration / 2, row_of[ev.resource], str(ev.request), ha="center", va="center", fontsize=7
+            )
     ax.set_yticks(range(len(rows)), [_row_label(r) for r in rows])
     ax.invert_yaxis()  # first resource on top, like reading the data flow
     ax.set_xlim(t0, t0 + span * 1.01)
@@ -125,13 +143,18 @@ def draw_timeline(
     ax.grid(axis="x", alpha=0.3)
     shown_sorted = sorted(shown)
     legend = [
-        Patch(facecolor=cmap(k), edgecolor="black",
-              label="req " + ", ".join(str(r) for r in shown_sorted if r % _PALETTE_SIZE == k)[:28])
-        for k in range(_PALETTE_SIZE) if any(r % _PALETTE_SIZE == k for r in shown_sorted)
+        Patch(
+            facecolor=cmap(k),
+            edgecolor="black",
+            label="req " + ", ".join(str(r) for r in shown_sorted if r % _PALETTE_SIZE == k)[:28],
+        )
+        for k in range(_PALETTE_SIZE)
+        if any(r % _PALETTE_SIZE == k for r in shown_sorted)
     ]
     if legend:
-        ax.legend(handles=legend, title="request", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
-                  title_fontsize=8)
+        ax.legend(
+            handles=legend, title="request", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title_fontsize=8
+        )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -147,14 +170,22 @@ def trace_events(source: Any, name: str = "edgeweave") -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": name}}]
     for res in rows:
         out.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid[res], "args": {"name": res}})
-        out.append({"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": tid[res],
-                    "args": {"sort_index": tid[res]}})
+        out.append(
+            {"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": tid[res], "args": {"sort_index": tid[res]}}
+        )
     for ev in events:
-        out.append({
-            "name": f"{ev.task} r{ev.request}", "cat": ev.kind, "ph": "X", "pid": 1, "tid": tid[ev.resource],
-            "ts": ev.start * 1e6, "dur": ev.duration * 1e6,
-            "args": {"request": ev.request, "task": ev.task, "bytes": ev.bytes},
-        })
+        out.append(
+            {
+                "name": f"{ev.task} r{ev.request}",
+                "cat": ev.kind,
+                "ph": "X",
+                "pid": 1,
+                "tid": tid[ev.resource],
+                "ts": ev.start * 1e6,
+                "dur": ev.duration * 1e6,
+                "args": {"request": ev.request, "task": ev.task, "bytes": ev.bytes},
+            }
+        )
     return out
 
 
