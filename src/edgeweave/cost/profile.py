@@ -6,15 +6,14 @@ device, plan for any cluster elsewhere. Extra fields are allowed and kept.
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgeweave.errors import UserError
+from edgeweave.errors import read_json, validated
 
 INPUT = "input"
 
@@ -53,27 +52,14 @@ class Profile(BaseModel):
     # -- loading and saving -------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> Profile:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read profile: {exc.strerror or exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-        return cls.from_data(data, origin=str(path))
+        return cls.from_data(read_json(path, "profile"), origin=str(path))
 
     @classmethod
     def from_data(cls, data: Any, origin: str = "<profile>") -> Profile:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            raise UserError(f"{origin}: {where}: {msg}" if where else f"{origin}: {msg}") from exc
+        return validated(cls, data, origin)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.model_dump(), indent=1))
+        Path(path).write_text(self.model_dump_json(indent=1))
 
     # -- derived quantities the planners need ---------------------------------------------------
     def __len__(self) -> int:

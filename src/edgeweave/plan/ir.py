@@ -9,13 +9,12 @@ read the same JSON, so a prediction and a measurement can be compared task by ta
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgeweave.errors import UserError
+from edgeweave.errors import read_json, validated
 
 PLAN_VERSION = 1
 
@@ -102,16 +101,4 @@ class Plan(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read plan: {exc.strerror or exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "plan"
-            raise UserError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from exc
+        return validated(cls, read_json(path, "plan"), str(path))
