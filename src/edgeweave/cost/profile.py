@@ -78,13 +78,22 @@ class Profile(BaseModel):
         return np.array([n.out_bytes for n in self.nodes], dtype=np.int64)
 
     @cached_property
+    def index(self) -> dict[str, int]:
+        """Node name -> position in profile order."""
+        return {n.name: i for i, n in enumerate(self.nodes)}
+
+    def value_bytes(self, name: str) -> int:
+        """Size of a value: the model input or a node's output."""
+        return self.input_bytes if name == INPUT else self.nodes[self.index[name]].out_bytes
+
+    @cached_property
     def output_bytes(self) -> int:
         return int(self.nodes[-1].out_bytes)
 
     @cached_property
     def _spans(self) -> list[tuple[str, int, int, int]]:
         """(value, producer index (-1 for the input), last consumer index, bytes) of every value read."""
-        index = {n.name: i for i, n in enumerate(self.nodes)}
+        index = self.index
         last: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             for ref in node.inputs:

@@ -66,18 +66,6 @@ def crossing_values(profile: Profile, placement: Placement) -> list[list[str]]:
     return [[v for v in order if v in last_reader and part_of[v] < k <= last_reader[v]] for k in range(len(placement))]
 
 
-def _value_bytes(profile: Profile, name: str) -> int:
-    return profile.input_bytes if name == INPUT else profile.nodes[_index(profile)[name]].out_bytes
-
-
-def _index(profile: Profile) -> dict[str, int]:
-    cached = getattr(profile, "_name_index", None)
-    if cached is None:
-        cached = {n.name: i for i, n in enumerate(profile.nodes)}
-        object.__setattr__(profile, "_name_index", cached)
-    return cached
-
-
 def evaluate_placement(profile: Profile, pm: PipelineModel, placement: Placement) -> PlacementCosts:
     """Costs under the design notes' model; equals `pm.evaluate` for contiguous stages."""
     crossing = crossing_values(profile, placement)
@@ -85,7 +73,7 @@ def evaluate_placement(profile: Profile, pm: PipelineModel, placement: Placement
     prev = pm.source
     for (dev, nodes), values in zip(placement, crossing, strict=True):
         compute.append(float(pm.times[nodes].sum()) / float(pm.speed[dev]))
-        nbytes = sum(_value_bytes(profile, v) for v in values)
+        nbytes = sum(profile.value_bytes(v) for v in values)
         b_in.append(nbytes if prev != dev else 0)
         t_in.append(0.0 if prev == dev else float(pm.latency[prev, dev] + nbytes / pm.bandwidth[prev, dev]))
         memory.append(int(pm.params[nodes].sum() + pm.out_bytes[nodes].max()))

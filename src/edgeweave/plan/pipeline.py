@@ -20,6 +20,7 @@ is then refined with the same search: among plans with bottleneck T*, the lowest
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -429,14 +430,11 @@ def _no_plan_error(pb: _Problem) -> UserError:
     pm = pb.pm
     total = int(pm.params.sum())
     lo, hi = 0, total + int(pm.out_bytes.max()) + 1
-    base = pm.memory.copy()
     while lo < hi:
         mid = (lo + hi) // 2
-        pm.memory = base + mid
-        trial = _Problem(pm)
+        trial = _Problem(dataclasses.replace(pm, memory=pm.memory + mid, allowed=pm.allowed.copy()))
         ok = (_feasible_uniform(trial, np.inf) if _uniform(trial) else _feasible_general(trial, np.inf)) is not None
         lo, hi = (lo, mid) if ok else (mid + 1, hi)
-    pm.memory = base
     from edgeweave.cost.units import format_bytes
 
     return UserError(
