@@ -1,0 +1,1 @@
+"""The distributed runtime: workers and a coordinator that execute a Plan over ZeroMQ."""

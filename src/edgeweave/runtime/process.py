@@ -1,0 +1,103 @@
+"""Local worker processes: start one per device, learn its endpoint, never leave orphans.
+
+Each child asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG), so a crashed or
+killed coordinator cannot leave workers behind; `close()` ends them in the normal case.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from edgeweave.errors import UserError
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class LocalWorker:
+    device: str
+    proc: subprocess.Popen
+    endpoint: str
+    log_path: str
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll()
+
+    def last_log_line(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+            return lines[-1] if lines else ""
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 3.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        try:
+            os.unlink(self.log_path)
+        except OSError:
+            pass
+
+
+def spawn_worker(device: str, listen: str, prefix: list[str] | None = None, timeout_s: float = 60.0) -> LocalWorker:
+    """Start `python -m edgeweave.runtime DEVICE LISTEN` and wait for its READY line."""
+    log = tempfile.NamedTemporaryFile(prefix=f"edgeweave-{device}-", suffix=".log", delete=False)
+    cmd = [*(prefix or []), sys.executable, "-m", "edgeweave.runtime", device, listen]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent, env=env)
+    log.close()
+    deadline = time.monotonic() + timeout_s
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if line.startswith(b"READY "):
+                return LocalWorker(device, proc, line.split()[1].decode(), log.name)
+            if not line:
+                break
+        if proc.poll() is not None:
+            break
+    worker = LocalWorker(device, proc, "", log.name)
+    reason = worker.last_log_line() or f"no READY line within {timeout_s:.0f} s"
+    worker.stop()
+    raise UserError(f"device {device}: worker did not start on {listen}: {reason}")
+
+
+def worker_main(argv: list[str]) -> None:
+    """Entry of a worker process; SIGTERM ends it quietly."""
+    from edgeweave.runtime.worker import serve
+
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m edgeweave.runtime DEVICE tcp://HOST:PORT")
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+    def announce(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    try:
+        serve(argv[1], argv[0], announce=announce)
+    except Exception as exc:  # e.g. the port is in use: one line on stderr, non-zero exit
+        sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
+        raise SystemExit(2) from None
