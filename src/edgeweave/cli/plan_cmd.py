@@ -57,15 +57,16 @@ def plan_summary(plan: Plan, plan_time_s: float | None = None) -> dict[str, Any]
     return out
 
 
-def attach_prediction(plan: Plan, requests: int = 50) -> Plan:
-    """Fill `plan.predicted` from the simulator (one request alone, then a saturating stream)."""
+def attach_prediction(plan: Plan, requests: int = 50, max_inflight: int | None = None) -> Plan:
+    """Fill `plan.predicted` from the simulator: one request alone, and a stream of `requests`
+    admitted through the same window the runtime uses (stream latency counts from admission)."""
     from edgeweave.sim.simulator import simulate
 
-    result = simulate(plan, requests=requests)
+    result = simulate(plan, requests=requests, max_inflight=max_inflight)
     plan.predicted = {
         "latency_s": result.single_latency_s,
         "throughput_per_s": result.throughput_per_s,
-        "stream_p50_latency_s": result.latency_s,
+        "stream_p50_latency_s": result.service_latency_s,
     }
     return plan
 

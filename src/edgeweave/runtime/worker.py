@@ -63,6 +63,10 @@ class Deployment:
                         nodes=nodes)
         self.runner = GraphRunner(graph, load_weights_blob(blob)) if nodes else None
         self.keep = self._keep_sets()
+        # When the output reaches the source by a transfer, hand it over on arrival: the robot's
+        # application must not wait for the source's compute thread to finish unrelated work.
+        self.output_transfer = next((t["id"] for t in self.tasks if t["id"] in self.incoming
+                                     and self.output in t["values"] and self.device == self.source), None)
         self.links = {dst: LinkSpec.from_dict(spec) for dst, spec in msg.get("links", {}).items()}
         self.peers: dict[str, str] = msg.get("peers", {})
         self.shape_bandwidth: bool = msg.get("shape_bandwidth", True)
@@ -210,7 +214,10 @@ class Worker:
         self.events.append({"resource": f"link:{header.get('src')}->{self.name}", "request": header["request"],
                             "task": task, "start": header.get("t_start", arrived), "end": arrived, "kind": "transfer",
                             "bytes": int(header.get("bytes", 0))})
-        self.inbox.put(("recv", int(header["request"]), dict(zip(names, tensors, strict=True)), task))
+        values = dict(zip(names, tensors, strict=True))
+        if task == dep.output_transfer and self.on_result is not None:
+            self.on_result(int(header["request"]), values[dep.output])
+        self.inbox.put(("recv", int(header["request"]), values, task))
 
     def _compute_loop(self) -> None:
         try:
@@ -248,7 +255,7 @@ class Worker:
 
     def _finish(self, request: int, state: _Request) -> None:
         dep = self.deployment
-        if dep.device == dep.source and self.on_result is not None:
+        if dep.device == dep.source and self.on_result is not None and dep.output_transfer is None:
             self.on_result(request, state.env[dep.output])
         del self.requests[request]
 
@@ -261,8 +268,8 @@ class Worker:
         start = time.monotonic()
         dep.runner.run_nodes([dep.local[i] for i in task["nodes"]], state.env, keep=dep.keep[task["id"]])
         elapsed = time.monotonic() - start
-        if dep.speed < 1.0:  # emulate a slower device: take as long as it would there
-            wait_until(start + elapsed / dep.speed)
+        if dep.speed < 1.0:  # emulate a slower device: take as long as the plan says it takes there
+            wait_until(start + max(elapsed, float(task["time_s"])))
         end = time.monotonic()
         self.events.append({"resource": f"dev:{self.name}", "request": request, "task": task["id"],
                             "start": wall(start), "end": wall(end), "kind": "compute", "bytes": 0,

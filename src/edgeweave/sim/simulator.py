@@ -204,7 +204,7 @@ def _schedule(
 # Summaries
 
 
-def _steady_throughput(finish: list[float], makespan: float) -> float:
+def steady_throughput(finish: list[float], makespan: float) -> float:
     """Completions per second over the second half of the stream (the first half is warm-up)."""
     n = len(finish)
     if n >= 4:
@@ -321,7 +321,7 @@ def simulate(
         latency_p95_s=float(np.percentile(latencies, 95)),
         service_latency_s=float(np.percentile([rec.service_latency_s for rec in records], 50)),
         single_latency_s=single,
-        throughput_per_s=_steady_throughput(finish, makespan),
+        throughput_per_s=steady_throughput(finish, makespan),
         makespan_s=makespan,
         per_request=records,
         devices=_device_usage(plan, table, requests, makespan),
