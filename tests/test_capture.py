@@ -30,9 +30,8 @@ FAST = [
 REDUCED = [("vit_l_16", {"num_layers": 2}), ("vit_h_14", {"num_layers": 2})]
 
 
-def _check_exact(name: str, **overrides) -> OpGraph:
-    spec = load_model(name, **overrides)
-    graph, weights = capture(spec.module, spec.example_input, spec.name)
+def _check_exact(zoo_graph, name: str, **overrides) -> OpGraph:
+    spec, graph, weights = zoo_graph(name, **overrides)
     with torch.no_grad():
         expected = spec.module(spec.example_input)
     got = GraphRunner(graph, weights).run(spec.example_input)
@@ -42,22 +41,22 @@ def _check_exact(name: str, **overrides) -> OpGraph:
 
 
 @pytest.mark.parametrize("name", FAST)
-def test_zoo_model_captures_exactly(name: str) -> None:
-    graph = _check_exact(name)
+def test_zoo_model_captures_exactly(zoo_graph, name: str) -> None:
+    graph = _check_exact(zoo_graph, name)
     assert len(graph) > 5
     assert all(n.out_bytes > 0 for n in graph.nodes)
     assert graph.total_flops > 0 and graph.total_param_bytes > 0
 
 
 @pytest.mark.parametrize("name,overrides", REDUCED)
-def test_large_vit_captures_exactly_at_reduced_depth(name: str, overrides: dict) -> None:
-    _check_exact(name, **overrides)
+def test_large_vit_captures_exactly_at_reduced_depth(zoo_graph, name: str, overrides: dict) -> None:
+    _check_exact(zoo_graph, name, **overrides)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vit_l_16", "vit_h_14"])
-def test_large_vit_captures_exactly_at_full_size(name: str) -> None:
-    _check_exact(name)
+def test_large_vit_captures_exactly_at_full_size(zoo_graph, name: str) -> None:
+    _check_exact(zoo_graph, name)
 
 
 def test_flops_and_params_match_known_values() -> None:

@@ -26,11 +26,22 @@ from edgeweave.cli.plan_cmd import ObjectiveOpt, StrategyOpt, attach_prediction
 from edgeweave.errors import UserError
 
 RequestsOpt = Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests to stream (after warm-up).")]
-LinksOpt = Annotated[str, typer.Option("--links", help="shaper (in-process token bucket, default) or netns "
-                                       "(Linux namespaces + tc, root only).")]
+LinksOpt = Annotated[
+    str,
+    typer.Option(
+        "--links", help="shaper (in-process token bucket, default) or netns (Linux namespaces + tc, root only)."
+    ),
+]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for the measured trace and timeline.")]
-InflightOpt = Annotated[int | None, typer.Option("--max-inflight", min=1, help="Requests in the system at once "
-                                                 "[default: one per plan task + 1].", show_default=False)]
+InflightOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-inflight",
+        min=1,
+        help="Requests in the system at once [default: one per plan task + 1].",
+        show_default=False,
+    ),
+]
 TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", min=0.1, help="Seconds to wait for a worker.")]
 
 
@@ -53,8 +64,10 @@ def prepare(choice, profile_path: Path | None, cache_dir, no_cache):
     if profile_path is not None:
         profile = Profile.load(profile_path)
         if [n.name for n in profile.nodes] != names:
-            raise UserError(f"{profile_path}: its {len(profile.nodes)} nodes are not the {len(names)} nodes "
-                            f"{spec.name} captures to; profile it with `edgeweave profile {choice.spec}`")
+            raise UserError(
+                f"{profile_path}: its {len(profile.nodes)} nodes are not the {len(names)} nodes "
+                f"{spec.name} captures to; profile it with `edgeweave profile {choice.spec}`"
+            )
         return spec, graph, weights, profile
     key = profile_key(choice.spec, tuple(spec.input_shape), threads=1)
     profile = cached_profile(key, None if no_cache else (cache_dir or DEFAULT_CACHE), measure)
@@ -80,22 +93,49 @@ def emulated_links(mode: str, cluster, plan):
         yield net
 
 
-def execute(plan, cluster, graph, weights, *, requests: int, links: str, out: Path, max_inflight, connect_timeout,
-            show_progress: bool) -> dict[str, Any]:
+def execute(
+    plan,
+    cluster,
+    graph,
+    weights,
+    *,
+    requests: int,
+    links: str,
+    out: Path,
+    max_inflight,
+    connect_timeout,
+    show_progress: bool,
+) -> dict[str, Any]:
     from edgeweave.runtime.measure import RunConfig, run_plan
     from edgeweave.runtime.session import SessionOptions
 
     stem = f"{plan.model}-{plan.strategy}"
-    config = RunConfig(requests=requests, trace=out / f"{stem}-trace.json", timeline=out / f"{stem}-timeline.png",
-                       options=SessionOptions(connect_timeout_s=connect_timeout, max_inflight=max_inflight, links=links))
+    config = RunConfig(
+        requests=requests,
+        trace=out / f"{stem}-trace.json",
+        timeline=out / f"{stem}-timeline.png",
+        options=SessionOptions(connect_timeout_s=connect_timeout, max_inflight=max_inflight, links=links),
+    )
     with emulated_links(links, cluster, plan) as net:
         if not show_progress:
             return run_plan(plan, cluster, graph, weights, config, netns=net)
-        with Progress(TextColumn(f"running {plan.strategy}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      console=err_console, transient=True) as bar:
+        with Progress(
+            TextColumn(f"running {plan.strategy}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=err_console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("", total=requests)
-            return run_plan(plan, cluster, graph, weights, config, netns=net,
-                            progress=lambda done, total: bar.update(task, completed=done))
+            return run_plan(
+                plan,
+                cluster,
+                graph,
+                weights,
+                config,
+                netns=net,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
 
 
 def run(
@@ -117,8 +157,24 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Execute MODEL on the cluster for real: one worker process per device, measured vs predicted."""
-    results = _bench(model, model_opt, input_shape, checkpoint, profile, cluster, [strategy], objective, requests,
-                     links, out, max_inflight, connect_timeout, cache_dir, no_cache, json_out)
+    results = _bench(
+        model,
+        model_opt,
+        input_shape,
+        checkpoint,
+        profile,
+        cluster,
+        [strategy],
+        objective,
+        requests,
+        links,
+        out,
+        max_inflight,
+        connect_timeout,
+        cache_dir,
+        no_cache,
+        json_out,
+    )
     if json_out:
         print_json(results[0])
     else:
@@ -132,8 +188,9 @@ def bench(
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     cluster: ClusterOpt = None,
-    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategies to run side by side.")]
-    = "local,offload,neurosurgeon,pipeline",
+    strategies: Annotated[
+        str, typer.Option("--strategies", help="Comma-separated strategies to run side by side.")
+    ] = "local,offload,neurosurgeon,pipeline",
     objective: ObjectiveOpt = "latency",
     requests: RequestsOpt = 20,
     links: LinksOpt = "shaper",
@@ -146,16 +203,48 @@ def bench(
 ) -> None:
     """Run several strategies for real, one after another in one process tree, and compare them."""
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    results = _bench(model, model_opt, input_shape, checkpoint, profile, cluster, names, objective, requests, links,
-                     out, max_inflight, connect_timeout, cache_dir, no_cache, json_out)
+    results = _bench(
+        model,
+        model_opt,
+        input_shape,
+        checkpoint,
+        profile,
+        cluster,
+        names,
+        objective,
+        requests,
+        links,
+        out,
+        max_inflight,
+        connect_timeout,
+        cache_dir,
+        no_cache,
+        json_out,
+    )
     if json_out:
         print_json(results)
     else:
         print_comparison(results)
 
 
-def _bench(model, model_opt, input_shape, checkpoint, profile, cluster, names, objective, requests, links, out,
-           max_inflight, connect_timeout, cache_dir, no_cache, quiet) -> list[dict[str, Any]]:
+def _bench(
+    model,
+    model_opt,
+    input_shape,
+    checkpoint,
+    profile,
+    cluster,
+    names,
+    objective,
+    requests,
+    links,
+    out,
+    max_inflight,
+    connect_timeout,
+    cache_dir,
+    no_cache,
+    quiet,
+) -> list[dict[str, Any]]:
     from edgeweave.plan.strategies import make_plan
 
     choice = model_choice(model, model_opt, input_shape, checkpoint)
@@ -166,9 +255,21 @@ def _bench(model, model_opt, input_shape, checkpoint, profile, cluster, names, o
     _, graph, weights, prof = prepare(choice, profile, cache_dir, no_cache)
     for name in names:  # plan everything first: a bad strategy name fails before anything starts
         plans.append(attach_prediction(make_plan(prof, the_cluster, name, objective), requests, max_inflight))
-    return [execute(p, the_cluster, graph, weights, requests=requests, links=links, out=out,
-                    max_inflight=max_inflight, connect_timeout=connect_timeout, show_progress=not quiet)
-            for p in plans]
+    return [
+        execute(
+            p,
+            the_cluster,
+            graph,
+            weights,
+            requests=requests,
+            links=links,
+            out=out,
+            max_inflight=max_inflight,
+            connect_timeout=connect_timeout,
+            show_progress=not quiet,
+        )
+        for p in plans
+    ]
 
 
 def _ms(value: float | None) -> str:
@@ -177,12 +278,16 @@ def _ms(value: float | None) -> str:
 
 def print_run(r: dict[str, Any]) -> None:
     p = r["predicted"]
-    table = Table(title=f"{r['model']} {r['strategy']} ({r['objective']}): {r['requests']} requests, measured vs predicted")
+    table = Table(
+        title=f"{r['model']} {r['strategy']} ({r['objective']}): {r['requests']} requests, measured vs predicted"
+    )
     for col in ("", "measured", "predicted", "measured / predicted"):
         table.add_column(col, justify="left" if not col else "right")
-    rows = [("latency, one request alone", r["single_latency_s"], p.get("latency_s")),
-            ("latency p50 in the stream", r["latency_s"]["p50"], p.get("stream_p50_latency_s")),
-            ("latency p95 in the stream", r["latency_s"]["p95"], None)]
+    rows = [
+        ("latency, one request alone", r["single_latency_s"], p.get("latency_s")),
+        ("latency p50 in the stream", r["latency_s"]["p50"], p.get("stream_p50_latency_s")),
+        ("latency p95 in the stream", r["latency_s"]["p95"], None),
+    ]
     for label, m, pr in rows:
         table.add_row(label, _ms(m), _ms(pr), f"{m / pr:.2f}" if m and pr else "")
     tp, pp = r["throughput_per_s"], p.get("throughput_per_s")
@@ -192,8 +297,14 @@ def print_run(r: dict[str, Any]) -> None:
     for col in ("device", "tasks", "compute", "busy (padded)", "idle", "utilisation"):
         dev.add_column(col, justify="left" if col == "device" else "right")
     for name, d in r["devices"].items():
-        dev.add_row(name, str(d["tasks"]), _ms(d["compute_s"]), _ms(d["busy_s"]), _ms(d["idle_s"]),
-                    f"{100 * d['utilisation']:.0f}%")
+        dev.add_row(
+            name,
+            str(d["tasks"]),
+            _ms(d["compute_s"]),
+            _ms(d["busy_s"]),
+            _ms(d["idle_s"]),
+            f"{100 * d['utilisation']:.0f}%",
+        )
     console.print(dev)
     if r["links"]:
         links = Table(title="links (measured at the receiver)")
@@ -203,26 +314,42 @@ def print_run(r: dict[str, Any]) -> None:
             links.add_row(name, str(link["transfers"]), f"{link['bytes'] / 2**20:.2f} MiB", _ms(link["busy_s"]))
         console.print(links)
     verdict = "[green]exact[/]" if r["correct"] else "[red]WRONG[/]"
-    console.print(f"outputs vs single-device execution: {verdict} (max abs err {r['max_abs_err']:.2e})   "
-                  f"trace: {r.get('trace')}   timeline: {r.get('timeline')}")
+    console.print(
+        f"outputs vs single-device execution: {verdict} (max abs err {r['max_abs_err']:.2e})   "
+        f"trace: {r.get('trace')}   timeline: {r.get('timeline')}"
+    )
 
 
 def print_comparison(results: list[dict[str, Any]]) -> None:
     table = Table(title=f"{results[0]['model']}: strategies run for real")
-    for col in ("strategy", "latency (pred)", "latency (meas)", "p50 stream", "throughput (pred)",
-                "throughput (meas)", "exact?"):
+    for col in (
+        "strategy",
+        "latency (pred)",
+        "latency (meas)",
+        "p50 stream",
+        "throughput (pred)",
+        "throughput (meas)",
+        "exact?",
+    ):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for r in results:
         p = r["predicted"]
-        table.add_row(r["strategy"], _ms(p.get("latency_s")), _ms(r["single_latency_s"]), _ms(r["latency_s"]["p50"]),
-                      f"{p.get('throughput_per_s', 0):.2f}/s", f"{r['throughput_per_s']:.2f}/s",
-                      "yes" if r["correct"] else "NO")
+        table.add_row(
+            r["strategy"],
+            _ms(p.get("latency_s")),
+            _ms(r["single_latency_s"]),
+            _ms(r["latency_s"]["p50"]),
+            f"{p.get('throughput_per_s', 0):.2f}/s",
+            f"{r['throughput_per_s']:.2f}/s",
+            "yes" if r["correct"] else "NO",
+        )
     console.print(table)
 
 
 def worker(
-    listen: Annotated[str, typer.Option("--listen", help="Where to accept the coordinator and peers, "
-                                        "e.g. tcp://0.0.0.0:5555.")] = "tcp://127.0.0.1:5555",
+    listen: Annotated[
+        str, typer.Option("--listen", help="Where to accept the coordinator and peers, e.g. tcp://0.0.0.0:5555.")
+    ] = "tcp://127.0.0.1:5555",
     name: Annotated[str, typer.Option("--name", help="This device's name in the cluster YAML.")] = "worker",
 ) -> None:
     """Serve one device: wait for a coordinator to deploy its part of a plan, then execute it."""
@@ -231,8 +358,10 @@ def worker(
     from edgeweave.runtime.worker import serve
 
     if "0.0.0.0" in listen or "://*" in listen:
-        err_console.print("[yellow]warning:[/] listening on all interfaces: anyone who can reach this port can "
-                          "deploy work here; prefer a specific address on a trusted network")
+        err_console.print(
+            "[yellow]warning:[/] listening on all interfaces: anyone who can reach this port can "
+            "deploy work here; prefer a specific address on a trusted network"
+        )
     try:
         serve(listen, name, announce=lambda text: err_console.print(f"{name}: {text}"))
     except zmq.ZMQError as exc:

@@ -26,17 +26,31 @@ class DevicePart:
     def message(self, graph: OpGraph, plan: Plan, extra: dict[str, Any]) -> dict[str, Any]:
         """The JSON part of a deploy message (weights travel beside it as safetensors bytes)."""
         return {
-            "type": "deploy", "device": self.device, "tasks": self.tasks, "model": plan.model,
-            "nodes": {str(i): _node_dict(graph, i) for i in self.nodes}, "source": plan.source,
-            "output": graph.nodes[-1].name, "input_shape": graph.input_shape, "input_dtype": graph.input_dtype,
-            "graph_len": len(graph.nodes), **extra,
+            "type": "deploy",
+            "device": self.device,
+            "tasks": self.tasks,
+            "model": plan.model,
+            "nodes": {str(i): _node_dict(graph, i) for i in self.nodes},
+            "source": plan.source,
+            "output": graph.nodes[-1].name,
+            "input_shape": graph.input_shape,
+            "input_dtype": graph.input_dtype,
+            "graph_len": len(graph.nodes),
+            **extra,
         }
 
 
 def _node_dict(graph: OpGraph, i: int) -> dict[str, Any]:
     node = graph.nodes[i]
-    return {"name": node.name, "op": node.op, "args": node.args, "kwargs": node.kwargs, "inputs": node.inputs,
-            "weights": node.weights, "out_index": node.out_index}
+    return {
+        "name": node.name,
+        "op": node.op,
+        "args": node.args,
+        "kwargs": node.kwargs,
+        "inputs": node.inputs,
+        "weights": node.weights,
+        "out_index": node.out_index,
+    }
 
 
 def split_plan(plan: Plan, graph: OpGraph) -> dict[str, DevicePart]:

@@ -50,12 +50,22 @@ def make_inputs(graph: OpGraph, count: int, seed: int, vocab: int = 30522) -> li
     return out
 
 
-def run_plan(plan: Plan, cluster: Cluster, graph: OpGraph, weights: dict[str, torch.Tensor], config: RunConfig,
-             netns: Any = None, progress=None) -> dict[str, Any]:
+def run_plan(
+    plan: Plan,
+    cluster: Cluster,
+    graph: OpGraph,
+    weights: dict[str, torch.Tensor],
+    config: RunConfig,
+    netns: Any = None,
+    progress=None,
+) -> dict[str, Any]:
     """Deploy, warm up, time single requests, stream `config.requests`, verify; returns the run JSON."""
     inputs = make_inputs(graph, config.warmup + config.single + config.requests, config.seed)
-    warm, single, stream = (inputs[: config.warmup], inputs[config.warmup: config.warmup + config.single],
-                            inputs[config.warmup + config.single:])
+    warm, single, stream = (
+        inputs[: config.warmup],
+        inputs[config.warmup : config.warmup + config.single],
+        inputs[config.warmup + config.single :],
+    )
     started = time.perf_counter()
     with Session(cluster, plan, graph, weights, config.options, netns=netns) as session:
         startup_s = time.perf_counter() - started
@@ -79,12 +89,18 @@ def run_plan(plan: Plan, cluster: Cluster, graph: OpGraph, weights: dict[str, to
     stream_lat = sorted(lat[r] for r in stream_ids)
     makespan = finish[-1] - t_stream if finish else 0.0
     result = {
-        "strategy": plan.strategy, "objective": plan.objective, "model": plan.model, "requests": len(stream),
-        "correct": bool(max(errors) <= TOLERANCE), "max_abs_err": max(errors),
+        "strategy": plan.strategy,
+        "objective": plan.objective,
+        "model": plan.model,
+        "requests": len(stream),
+        "correct": bool(max(errors) <= TOLERANCE),
+        "max_abs_err": max(errors),
         "latency_s": {"p50": _pct(stream_lat, 50), "p95": _pct(stream_lat, 95)},
         "single_latency_s": statistics.median(single_lat),
         "throughput_per_s": steady_throughput([f - t_stream for f in finish], makespan),
-        "predicted": plan.predicted, "startup_s": startup_s, "makespan_s": makespan,
+        "predicted": plan.predicted,
+        "startup_s": startup_s,
+        "makespan_s": makespan,
         **usage(events, plan, t_stream, makespan),
     }
     stream_events = [e for e in events if e["start"] >= t_stream - 1e-3]
@@ -98,7 +114,9 @@ def run_plan(plan: Plan, cluster: Cluster, graph: OpGraph, weights: dict[str, to
             result["trace"] = str(config.trace)
         if config.timeline:
             config.timeline.parent.mkdir(parents=True, exist_ok=True)
-            draw_timeline(shifted, config.timeline, title=f"{plan.model} {plan.strategy}: measured, {len(stream)} requests")
+            draw_timeline(
+                shifted, config.timeline, title=f"{plan.model} {plan.strategy}: measured, {len(stream)} requests"
+            )
             result["timeline"] = str(config.timeline)
     return result
 

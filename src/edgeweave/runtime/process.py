@@ -58,30 +58,48 @@ class LocalWorker:
             pass
 
 
-def spawn_worker(device: str, listen: str, prefix: list[str] | None = None, timeout_s: float = 60.0) -> LocalWorker:
-    """Start `python -m edgeweave.runtime DEVICE LISTEN` and wait for its READY line."""
+@dataclass
+class PendingWorker:
+    """A started worker process that has not yet said which endpoint it bound."""
+
+    device: str
+    listen: str
+    proc: subprocess.Popen
+    log_path: str
+
+    def wait_ready(self, timeout_s: float = 60.0) -> LocalWorker:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"READY "):
+                    return LocalWorker(self.device, self.proc, line.split()[1].decode(), self.log_path)
+                if not line:
+                    break
+            if self.proc.poll() is not None:
+                break
+        worker = LocalWorker(self.device, self.proc, "", self.log_path)
+        reason = worker.last_log_line() or f"no READY line within {timeout_s:.0f} s"
+        worker.stop()
+        raise UserError(f"device {self.device}: worker did not start on {self.listen}: {reason}")
+
+
+def launch_worker(device: str, listen: str, prefix: list[str] | None = None) -> PendingWorker:
+    """Start `python -m edgeweave.runtime DEVICE LISTEN`; several can start at once."""
     log = tempfile.NamedTemporaryFile(prefix=f"edgeweave-{device}-", suffix=".log", delete=False)
     cmd = [*(prefix or []), sys.executable, "-m", "edgeweave.runtime", device, listen]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env
+    )
     log.close()
-    deadline = time.monotonic() + timeout_s
-    line = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith(b"READY "):
-                return LocalWorker(device, proc, line.split()[1].decode(), log.name)
-            if not line:
-                break
-        if proc.poll() is not None:
-            break
-    worker = LocalWorker(device, proc, "", log.name)
-    reason = worker.last_log_line() or f"no READY line within {timeout_s:.0f} s"
-    worker.stop()
-    raise UserError(f"device {device}: worker did not start on {listen}: {reason}")
+    return PendingWorker(device, listen, proc, log.name)
+
+
+def spawn_worker(device: str, listen: str, prefix: list[str] | None = None, timeout_s: float = 60.0) -> LocalWorker:
+    """Start one worker and wait for its READY line."""
+    return launch_worker(device, listen, prefix).wait_ready(timeout_s)
 
 
 def worker_main(argv: list[str]) -> None:

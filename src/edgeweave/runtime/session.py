@@ -27,7 +27,7 @@ from edgeweave.graph.opgraph import OpGraph, dtype_name
 from edgeweave.plan.ir import Plan
 from edgeweave.runtime.deploy import split_plan, weights_blob
 from edgeweave.runtime.links import LinkSpec
-from edgeweave.runtime.process import LocalWorker, spawn_worker
+from edgeweave.runtime.process import LocalWorker, launch_worker
 from edgeweave.runtime.wire import pack, unpack
 from edgeweave.runtime.worker import Worker
 
@@ -56,8 +56,15 @@ class SessionOptions:
 
 
 class Session:
-    def __init__(self, cluster: Cluster, plan: Plan, graph: OpGraph, weights: dict[str, torch.Tensor],
-                 options: SessionOptions | None = None, netns: Any = None):
+    def __init__(
+        self,
+        cluster: Cluster,
+        plan: Plan,
+        graph: OpGraph,
+        weights: dict[str, torch.Tensor],
+        options: SessionOptions | None = None,
+        netns: Any = None,
+    ):
         self.cluster, self.plan, self.graph = cluster, plan, graph
         self.options = options or SessionOptions()
         self.netns = netns
@@ -68,6 +75,7 @@ class Session:
         self.next_request = 0
         self.source: Worker | None = None
         self.submitted: dict[int, float] = {}
+        self.pending: list = []
         try:
             self._start(weights)
         except BaseException:
@@ -82,16 +90,18 @@ class Session:
         self.source = Worker(plan.source, f"tcp://{host}:*", self.ctx, on_result=self._on_result)
         self.source.start_background()
         endpoints = {plan.source: self.source.endpoint}
+        pending = {}
+        for dev in parts:
+            if dev != plan.source and self.cluster.devices[dev].address is None:
+                prefix = self.netns.exec_prefix(dev) if self.netns else None
+                host = self.netns.address(dev) if self.netns else opts.listen_host
+                pending[dev] = launch_worker(dev, f"tcp://{host}:*", prefix)
+        self.pending = list(pending.values())  # stopped by close() if start-up fails half way
         for dev in parts:
             if dev == plan.source:
                 continue
-            address = self.cluster.devices[dev].address
-            local = None
-            if address is None:
-                prefix = self.netns.exec_prefix(dev) if self.netns else None
-                host = self.netns.address(dev) if self.netns else opts.listen_host
-                local = spawn_worker(dev, f"tcp://{host}:*", prefix)
-                address = local.endpoint
+            local = pending[dev].wait_ready() if dev in pending else None
+            address = local.endpoint if local else self.cluster.devices[dev].address
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(address)
@@ -100,15 +110,27 @@ class Session:
         for remote in self.remotes.values():
             remote.sock.send_multipart(pack({"type": "hello"}))
         for remote in self.remotes.values():
-            self._expect(remote, "hello", opts.connect_timeout_s,
-                         f"device {remote.device}: no worker answered at {remote.endpoint} within "
-                         f"{opts.connect_timeout_s:g} s (is `edgeweave worker` running there?)")
+            self._expect(
+                remote,
+                "hello",
+                opts.connect_timeout_s,
+                f"device {remote.device}: no worker answered at {remote.endpoint} within "
+                f"{opts.connect_timeout_s:g} s (is `edgeweave worker` running there?)",
+            )
         epoch = time.monotonic()
         for dev, part in parts.items():
-            links = {t["dst"]: LinkSpec.for_pair(self.cluster, dev, t["dst"]).to_dict()
-                     for t in part.tasks if t["kind"] == "transfer" and t["src"] == dev}
-            extra = {"speed": self.cluster.devices[dev].speed, "peers": endpoints, "links": links, "epoch": epoch,
-                     "shape_bandwidth": opts.links != "netns"}
+            links = {
+                t["dst"]: LinkSpec.for_pair(self.cluster, dev, t["dst"]).to_dict()
+                for t in part.tasks
+                if t["kind"] == "transfer" and t["src"] == dev
+            }
+            extra = {
+                "speed": self.cluster.devices[dev].speed,
+                "peers": endpoints,
+                "links": links,
+                "epoch": epoch,
+                "shape_bandwidth": opts.links != "netns",
+            }
             msg = part.message(self.graph, plan, extra)
             blob = weights_blob(weights, part.weight_keys)
             if dev == plan.source:
@@ -136,8 +158,10 @@ class Session:
     def _check_process(self, remote: _Remote) -> None:
         if remote.local is not None and remote.local.exit_code() is not None:
             why = remote.local.last_log_line()
-            raise DeviceFailure(f"device {remote.device}: worker process exited with code "
-                                f"{remote.local.exit_code()}" + (f": {why}" if why else ""))
+            raise DeviceFailure(
+                f"device {remote.device}: worker process exited with code "
+                f"{remote.local.exit_code()}" + (f": {why}" if why else "")
+            )
 
     # -- requests ----------------------------------------------------------------------------
     @property
@@ -156,8 +180,10 @@ class Session:
         if not isinstance(x, torch.Tensor):
             raise UserError(f"input must be a torch.Tensor, not {type(x).__name__}")
         if list(x.shape) != want_shape or dtype_name(x.dtype) != want_dtype:
-            raise UserError(f"input has shape {list(x.shape)} and dtype {dtype_name(x.dtype)}; this deployment "
-                            f"expects shape {want_shape} and dtype {want_dtype}")
+            raise UserError(
+                f"input has shape {list(x.shape)} and dtype {dtype_name(x.dtype)}; this deployment "
+                f"expects shape {want_shape} and dtype {want_dtype}"
+            )
 
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         return self.infer_many([x])[0]
@@ -214,8 +240,10 @@ class Session:
                 if header.get("error"):
                     raise DeviceFailure(f"device {remote.device}: {header['error']}")
             if now - remote.last_pong > self.options.dead_after_s:
-                raise DeviceFailure(f"device {remote.device} at {remote.endpoint} stopped answering "
-                                    f"(no heartbeat for {now - remote.last_pong:.1f} s)")
+                raise DeviceFailure(
+                    f"device {remote.device} at {remote.endpoint} stopped answering "
+                    f"(no heartbeat for {now - remote.last_pong:.1f} s)"
+                )
             remote.sock.send_multipart(pack({"type": "ping"}))
 
     def latencies(self) -> dict[int, float]:
@@ -242,6 +270,8 @@ class Session:
             if remote.local is not None:
                 remote.local.stop()
             remote.sock.close(0)
+        for p in self.pending:  # workers started but never connected (start-up failed)
+            LocalWorker(p.device, p.proc, "", p.log_path).stop()
         if self.source is not None:
             self.source.stop()
         self.ctx.destroy(linger=0)

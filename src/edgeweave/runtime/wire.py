@@ -57,8 +57,9 @@ def unpack(frames: Sequence[Any]) -> tuple[dict[str, Any], list[torch.Tensor]]:
     header = header_of(frames[0])
     metas = header.get("tensors", [])
     if not isinstance(metas, list) or len(metas) != len(frames) - 1:
-        raise WireError(f"header describes {len(metas) if isinstance(metas, list) else '?'} tensors, "
-                        f"message has {len(frames) - 1}")
+        raise WireError(
+            f"header describes {len(metas) if isinstance(metas, list) else '?'} tensors, message has {len(frames) - 1}"
+        )
     tensors = [_tensor(meta, frame) for meta, frame in zip(metas, frames[1:], strict=True)]
     return header, tensors
 

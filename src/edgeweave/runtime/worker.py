@@ -59,14 +59,21 @@ class Deployment:
         order = sorted(int(i) for i in msg["nodes"])
         self.local = {g: k for k, g in enumerate(order)}
         nodes = [_node(msg["nodes"][str(g)]) for g in order]
-        graph = OpGraph(model=msg.get("model", ""), input_shape=msg["input_shape"], input_dtype=msg["input_dtype"],
-                        nodes=nodes)
+        graph = OpGraph(
+            model=msg.get("model", ""), input_shape=msg["input_shape"], input_dtype=msg["input_dtype"], nodes=nodes
+        )
         self.runner = GraphRunner(graph, load_weights_blob(blob)) if nodes else None
         self.keep = self._keep_sets()
         # When the output reaches the source by a transfer, hand it over on arrival: the robot's
         # application must not wait for the source's compute thread to finish unrelated work.
-        self.output_transfer = next((t["id"] for t in self.tasks if t["id"] in self.incoming
-                                     and self.output in t["values"] and self.device == self.source), None)
+        self.output_transfer = next(
+            (
+                t["id"]
+                for t in self.tasks
+                if t["id"] in self.incoming and self.output in t["values"] and self.device == self.source
+            ),
+            None,
+        )
         self.links = {dst: LinkSpec.from_dict(spec) for dst, spec in msg.get("links", {}).items()}
         self.peers: dict[str, str] = msg.get("peers", {})
         self.shape_bandwidth: bool = msg.get("shape_bandwidth", True)
@@ -85,9 +92,20 @@ class Deployment:
 
 
 def _node(d: dict[str, Any]) -> OpNode:
-    return OpNode(name=d["name"], op=d["op"], args=d["args"], kwargs=d["kwargs"], inputs=d["inputs"],
-                  weights=d["weights"], out_shape=[], out_dtype="", out_bytes=0, param_bytes=0, flops=0,
-                  out_index=d.get("out_index"))
+    return OpNode(
+        name=d["name"],
+        op=d["op"],
+        args=d["args"],
+        kwargs=d["kwargs"],
+        inputs=d["inputs"],
+        weights=d["weights"],
+        out_shape=[],
+        out_dtype="",
+        out_bytes=0,
+        param_bytes=0,
+        flops=0,
+        out_index=d.get("out_index"),
+    )
 
 
 class Worker:
@@ -155,8 +173,16 @@ class Worker:
         elif kind == "hello":
             self._reply(peer, {"type": "hello", "device": self.name})
         elif kind == "ping":
-            self._reply(peer, {"type": "pong", "device": self.name, "error": self.error, "dropped": self.dropped,
-                               "active": len(self.requests)})
+            self._reply(
+                peer,
+                {
+                    "type": "pong",
+                    "device": self.name,
+                    "error": self.error,
+                    "dropped": self.dropped,
+                    "active": len(self.requests),
+                },
+            )
         elif kind == "deploy":
             try:
                 blob = frames[1].bytes if header.get("has_weights") and len(frames) > 1 else b""
@@ -211,9 +237,17 @@ class Worker:
             self.dropped += 1
             return
         arrived = time.time()
-        self.events.append({"resource": f"link:{header.get('src')}->{self.name}", "request": header["request"],
-                            "task": task, "start": header.get("t_start", arrived), "end": arrived, "kind": "transfer",
-                            "bytes": int(header.get("bytes", 0))})
+        self.events.append(
+            {
+                "resource": f"link:{header.get('src')}->{self.name}",
+                "request": header["request"],
+                "task": task,
+                "start": header.get("t_start", arrived),
+                "end": arrived,
+                "kind": "transfer",
+                "bytes": int(header.get("bytes", 0)),
+            }
+        )
         values = dict(zip(names, tensors, strict=True))
         if task == dep.output_transfer and self.on_result is not None:
             self.on_result(int(header["request"]), values[dep.output])
@@ -271,9 +305,18 @@ class Worker:
         if dep.speed < 1.0:  # emulate a slower device: take as long as the plan says it takes there
             wait_until(start + max(elapsed, float(task["time_s"])))
         end = time.monotonic()
-        self.events.append({"resource": f"dev:{self.name}", "request": request, "task": task["id"],
-                            "start": wall(start), "end": wall(end), "kind": "compute", "bytes": 0,
-                            "compute_s": elapsed})
+        self.events.append(
+            {
+                "resource": f"dev:{self.name}",
+                "request": request,
+                "task": task["id"],
+                "start": wall(start),
+                "end": wall(end),
+                "kind": "compute",
+                "bytes": 0,
+                "compute_s": elapsed,
+            }
+        )
 
     def _send_loop(self, dst: str, q: queue.Queue) -> None:
         dep = self.deployment
@@ -291,8 +334,15 @@ class Worker:
                 nbytes = sum(t.numel() * t.element_size() for t in tensors)
                 start, deliver = shaper.reserve(nbytes, time.monotonic())
                 wait_until(deliver)
-                header = {"type": "data", "request": request, "task": task, "values": names, "src": self.name,
-                          "t_start": wall(start), "bytes": nbytes}
+                header = {
+                    "type": "data",
+                    "request": request,
+                    "task": task,
+                    "values": names,
+                    "src": self.name,
+                    "t_start": wall(start),
+                    "bytes": nbytes,
+                }
                 sock.send_multipart(pack(header, tensors), copy=False)
         except Exception as exc:
             self.error = f"sending to {dst}: {type(exc).__name__}: {exc}"

@@ -1,0 +1,205 @@
+"""The runtime executes plans for real: exact outputs, real processes, clear failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import zmq
+
+import edgeweave
+from edgeweave.cost.cluster import Cluster
+from edgeweave.cost.profiler import profile_graph
+from edgeweave.errors import UserError
+from edgeweave.graph import GraphRunner
+from edgeweave.plan.strategies import make_plan
+from edgeweave.runtime.measure import RunConfig, make_inputs, run_plan
+from edgeweave.runtime.session import DeviceFailure, Session, SessionOptions
+
+ZOO = [
+    "resnet18",
+    "resnet50",
+    "resnet152",
+    "vgg16",
+    "vgg19",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "densenet121",
+    "convnext_tiny",
+    "efficientnet_b0",
+    "vit_b_16",
+    "bert-base",
+]
+
+
+def three_devices(**extra) -> Cluster:
+    devices = {d: {"speed": 1.0, "memory": "8GiB"} for d in ("a", "b", "c")}
+    for name, fields in extra.items():
+        devices[name].update(fields)
+    return Cluster.from_dict(
+        {"source": "a", "devices": devices, "links": {"default": {"bandwidth": "100Gbps", "latency": "0ms"}}}
+    )
+
+
+def quick_plan(zoo_graph, name: str, cluster: Cluster, strategy: str = "pipeline"):
+    spec, graph, weights = zoo_graph(name)
+    profile = profile_graph(graph, weights, spec.example_input, warmup=0, repeats=1)
+    return make_plan(profile, cluster, strategy, "throughput"), graph, weights
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_pipeline_plan_runs_exactly_across_processes(zoo_graph, name: str) -> None:
+    cluster = three_devices()
+    plan, graph, weights = quick_plan(zoo_graph, name, cluster)
+    assert plan.stages is not None and len(plan.stages) >= 2, "the test needs a real multi-stage pipeline"
+    result = run_plan(plan, cluster, graph, weights, RunConfig(requests=2, warmup=0, single=1))
+    assert result["correct"] and result["max_abs_err"] <= 1e-5
+    assert result["requests"] == 2 and result["throughput_per_s"] > 0
+    moved = sum(link["bytes"] for link in result["links"].values())
+    assert moved > 0 and set(result["devices"]) == set(plan.devices)
+
+
+def test_each_worker_receives_only_its_own_weights(zoo_graph) -> None:
+    from edgeweave.runtime.deploy import split_plan
+
+    plan, graph, _ = quick_plan(zoo_graph, "resnet18", three_devices())
+    parts = split_plan(plan, graph)
+    keys = [set(p.weight_keys) for p in parts.values()]
+    assert sum(len(k) for k in keys) == len(set().union(*keys))  # no weight is sent twice
+    assert set().union(*keys) == {w for n in graph.nodes for w in n.weights}
+
+
+def test_connect_api_infers_in_order_and_exactly(zoo_graph) -> None:
+    spec, graph, weights = zoo_graph("resnet18")
+    plan, _, _ = quick_plan(zoo_graph, "resnet18", three_devices())
+    frames = make_inputs(graph, 5, seed=3)
+    reference = GraphRunner(graph, weights)
+    with edgeweave.connect(three_devices(), plan, spec.module, example_input=spec.example_input) as session:
+        assert torch.equal(session.infer(frames[0]), reference.run(frames[0]))
+        outs = session.infer_many(frames)
+    for x, y in zip(frames, outs, strict=True):
+        assert torch.equal(y, reference.run(x))
+
+
+def test_wrong_input_is_rejected_before_anything_is_sent(zoo_graph) -> None:
+    spec, graph, weights = zoo_graph("resnet18")
+    plan, _, _ = quick_plan(zoo_graph, "resnet18", three_devices())
+    with Session(three_devices(), plan, graph, weights) as session:
+        with pytest.raises(UserError, match=r"expects shape \[1, 3, 224, 224\] and dtype float32"):
+            session.infer(torch.zeros(1, 3, 100, 100))
+        with pytest.raises(UserError, match="dtype float64"):
+            session.infer(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
+        assert session.next_request == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_worker_fails_fast_naming_device_and_address(zoo_graph) -> None:
+    port = free_port()
+    cluster = three_devices(b={"address": f"tcp://127.0.0.1:{port}"})
+    plan, graph, weights = quick_plan(zoo_graph, "resnet18", cluster)
+    start = time.monotonic()
+    with pytest.raises(DeviceFailure, match=f"device b: no worker answered at tcp://127.0.0.1:{port} within 1 s"):
+        Session(cluster, plan, graph, weights, SessionOptions(connect_timeout_s=1.0))
+    assert time.monotonic() - start < 10
+
+
+def children() -> set[int]:
+    """Live child processes of this test process, read from /proc."""
+    me, found = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def test_killed_worker_stops_the_run_with_its_name_and_leaves_no_orphans(zoo_graph) -> None:
+    plan, graph, weights = quick_plan(zoo_graph, "resnet50", three_devices())
+    victim = plan.stages[1].device
+    before = children()
+    frames = make_inputs(graph, 40, seed=1)
+    start = time.monotonic()
+    with pytest.raises(DeviceFailure, match=f"device {victim}: worker process exited"):
+        with Session(three_devices(), plan, graph, weights) as session:
+            pid = session.remotes[victim].local.proc.pid
+
+            def kill_after_first(done: int, total: int) -> None:
+                if done == 1:
+                    os.kill(pid, signal.SIGKILL)
+
+            session.infer_many(frames, progress=kill_after_first)
+    assert time.monotonic() - start < 30
+    time.sleep(0.5)
+    assert children() - before == set()
+
+
+def test_remote_worker_started_by_hand_is_used_at_its_address(zoo_graph, tmp_path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from edgeweave.cli import main; main()",
+            "worker",
+            "--listen",
+            f"tcp://127.0.0.1:{port}",
+            "--name",
+            "b",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        cluster = three_devices(b={"address": f"tcp://127.0.0.1:{port}"})
+        plan, graph, weights = quick_plan(zoo_graph, "resnet18", cluster)
+        assert "b" in plan.devices
+        result = run_plan(
+            plan,
+            cluster,
+            graph,
+            weights,
+            RunConfig(requests=2, warmup=0, single=1, options=SessionOptions(connect_timeout_s=20)),
+        )
+        assert result["correct"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_worker_on_a_port_in_use_says_so() -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from edgeweave.cli import main; main()",
+                "worker",
+                "--listen",
+                f"tcp://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and "already in use" in proc.stderr
+    finally:
+        sock.close(0)
+        ctx.term()
