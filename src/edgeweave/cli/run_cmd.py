@@ -313,6 +313,13 @@ def print_run(r: dict[str, Any]) -> None:
         for name, link in r["links"].items():
             links.add_row(name, str(link["transfers"]), f"{link['bytes'] / 2**20:.2f} MiB", _ms(link["busy_s"]))
         console.print(links)
+    over = {name: d["overruns"] for name, d in r["devices"].items() if d.get("overruns")}
+    if over:
+        console.print(
+            "[yellow]warning:[/] compute ran past the emulated device time ("
+            + ", ".join(f"{n}: {k} tasks" for n, k in over.items())
+            + "): this machine is too busy to emulate these devices faithfully; use fewer or slower devices"
+        )
     verdict = "[green]exact[/]" if r["correct"] else "[red]WRONG[/]"
     console.print(
         f"outputs vs single-device execution: {verdict} (max abs err {r['max_abs_err']:.2e})   "

@@ -17,13 +17,16 @@ from typing import Any
 import torch
 
 from edgeweave.cost.cluster import Cluster
+from edgeweave.cost.profiler import torch_threads
 from edgeweave.graph.execute import GraphRunner
 from edgeweave.graph.opgraph import OpGraph, dtype_from_name
 from edgeweave.plan.ir import Plan
 from edgeweave.runtime.session import Session, SessionOptions
 from edgeweave.sim.simulator import steady_throughput
 
-TOLERANCE = 1e-5  # fp32: split execution runs the same kernels on the same values
+# fp32 tolerance: with equal thread counts split execution is bit-exact; a source device that
+# computes with more threads than the reference sums in another order (differences ~1e-5).
+RTOL = ATOL = 1e-4
 
 
 @dataclass
@@ -59,7 +62,15 @@ def run_plan(
     netns: Any = None,
     progress=None,
 ) -> dict[str, Any]:
-    """Deploy, warm up, time single requests, stream `config.requests`, verify; returns the run JSON."""
+    """Deploy, warm up, time single requests, stream `config.requests`, verify; returns the run JSON.
+
+    The source device runs in this process; like every worker it computes with one torch thread.
+    """
+    with torch_threads(1):
+        return _run_plan(plan, cluster, graph, weights, config, netns, progress)
+
+
+def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[str, Any]:
     inputs = make_inputs(graph, config.warmup + config.single + config.requests, config.seed)
     warm, single, stream = (
         inputs[: config.warmup],
@@ -85,7 +96,7 @@ def run_plan(
         lat = session.latencies()
         stream_ids = range(first_id, session.next_request)
         finish = sorted(session.results[r][1] for r in stream_ids)
-    errors = _errors(graph, weights, single + stream, outputs)
+    errors, close = _errors(graph, weights, single + stream, outputs)
     stream_lat = sorted(lat[r] for r in stream_ids)
     makespan = finish[-1] - t_stream if finish else 0.0
     result = {
@@ -93,7 +104,7 @@ def run_plan(
         "objective": plan.objective,
         "model": plan.model,
         "requests": len(stream),
-        "correct": bool(max(errors) <= TOLERANCE),
+        "correct": close,
         "max_abs_err": max(errors),
         "latency_s": {"p50": _pct(stream_lat, 50), "p95": _pct(stream_lat, 95)},
         "single_latency_s": statistics.median(single_lat),
@@ -121,9 +132,13 @@ def run_plan(
     return result
 
 
-def _errors(graph: OpGraph, weights, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> list[float]:
+def _errors(graph: OpGraph, weights, inputs, outputs) -> tuple[list[float], bool]:
+    """Max abs error of each output against single-device execution, and whether all are within fp32 tolerance."""
     runner = GraphRunner(graph, weights)
-    return [float((y - runner.run(x)).abs().max()) if y.numel() else 0.0 for x, y in zip(inputs, outputs, strict=True)]
+    refs = [runner.run(x) for x in inputs]
+    errors = [float((y - r).abs().max()) if y.numel() else 0.0 for y, r in zip(outputs, refs, strict=True)]
+    close = all(torch.allclose(y, r, rtol=RTOL, atol=ATOL) for y, r in zip(outputs, refs, strict=True))
+    return errors, close
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -146,6 +161,9 @@ def usage(events: list[dict[str, Any]], plan: Plan, t0: float, makespan: float) 
             d["busy_s"] += e["end"] - e["start"]
             d["compute_s"] += e.get("compute_s", e["end"] - e["start"])
             d["tasks"] += 1
+            planned = e.get("planned_s")
+            if planned and e["end"] - e["start"] > 1.05 * planned + 1e-3:
+                d["overruns"] = d.get("overruns", 0) + 1  # the host was too busy to emulate this device
         else:
             link = links[name]
             link["bytes"] += e["bytes"]

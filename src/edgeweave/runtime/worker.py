@@ -315,6 +315,7 @@ class Worker:
                 "kind": "compute",
                 "bytes": 0,
                 "compute_s": elapsed,
+                "planned_s": float(task["time_s"]) if dep.speed < 1.0 else None,
             }
         )
 
