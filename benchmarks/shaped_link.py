@@ -85,16 +85,24 @@ def _send(endpoint: str, seconds: float, nbytes: int, shaper=None) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 4)  # keep little queued in ZeroMQ: the link is the queue
+    sock.setsockopt(zmq.SNDTIMEO, 2000)
     sock.connect(endpoint)
     payload = bytes(nbytes)
     end = time.monotonic() + seconds
+    # The producer always has the next message ready: it is handed to the link (reserved) as
+    # soon as the previous one was, not after the previous send returned, which would leave
+    # the emulated link idle for the time ZeroMQ takes to send.
+    deliver_at = shaper.reserve(nbytes, time.monotonic())[1] if shaper is not None else None
     while time.monotonic() < end:
         header = {}
         if shaper is not None:
-            _, deliver_at = shaper.reserve(nbytes, time.monotonic())
-            wait_until(deliver_at)
-            header["deliver_at"] = deliver_at
-        sock.send_multipart([json.dumps(header).encode(), payload], copy=False)
+            this, deliver_at = deliver_at, shaper.reserve(nbytes, time.monotonic())[1]
+            wait_until(this)
+            header["deliver_at"] = this
+        try:
+            sock.send_multipart([json.dumps(header).encode(), payload], copy=False)
+        except zmq.Again:
+            break  # the receiver has finished and left
     sock.close(linger=0)
     ctx.term()
 

@@ -203,3 +203,48 @@ def test_worker_on_a_port_in_use_says_so() -> None:
     finally:
         sock.close(0)
         ctx.term()
+
+
+def two_devices(link: dict) -> Cluster:
+    return Cluster.from_dict({"source": "robot", "devices": {"robot": {"speed": 1.0, "memory": "4GiB"},
+                                                              "server": {"speed": 1.0, "memory": "8GiB"}},
+                              "links": {"robot-server": link}})
+
+
+def test_a_bandwidth_trace_governs_the_real_link(zoo_graph, tmp_path) -> None:
+    trace = tmp_path / "wifi.csv"
+    trace.write_text("time_s,mbps\n0,20\n")  # the robot's WiFi really runs at 20 Mbps, whatever is configured
+    cluster = two_devices({"bandwidth": "1Gbps", "latency": "1ms", "trace": str(trace)})
+    spec, graph, weights = zoo_graph("resnet18")
+    profile = profile_graph(graph, weights, spec.example_input, warmup=0, repeats=1)
+    plan = make_plan(profile, cluster, "offload", "latency")
+    result = run_plan(plan, cluster, graph, weights, RunConfig(requests=3, warmup=0, single=1))
+    up = result["links"]["robot->server"]
+    per_transfer = up["busy_s"] / up["transfers"]
+    expected = 1e-3 + (up["bytes"] / up["transfers"]) * 8 / 20e6  # 602112 B at 20 Mbps: 0.24 s
+    assert result["correct"] and per_transfer == pytest.approx(expected, rel=0.15)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_netns_links_run_exactly_and_leave_nothing_behind(zoo_graph) -> None:
+    from edgeweave.cli.run_cmd import emulated_links
+
+    cluster = two_devices({"bandwidth": "50Mbps", "latency": "2ms"})
+    spec, graph, weights = zoo_graph("resnet18")
+    profile = profile_graph(graph, weights, spec.example_input, warmup=0, repeats=1)
+    plan = make_plan(profile, cluster, "offload", "latency")
+    options = SessionOptions(links="netns")
+    with emulated_links("netns", cluster, plan) as net:
+        # one request in the measured stream: its transfer has the link to itself (in netns mode the
+        # kernel queues back-to-back transfers, so a stream's spans would include that wait)
+        result = run_plan(plan, cluster, graph, weights, RunConfig(requests=1, warmup=1, single=1, options=options),
+                          netns=net)
+        namespace = net.namespace("server")
+    assert result["correct"]
+    up = result["links"]["robot->server"]
+    rate = up["bytes"] * 8 / up["busy_s"]
+    # The kernel shaped it: TCP headers cost a few percent, and htb lets its 64 KiB burst through at
+    # once, which makes one 600 KB transfer look up to ~12% faster than the sustained rate.
+    assert 0.85 * 50e6 < rate < 1.15 * 50e6
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert namespace not in listed

@@ -174,7 +174,8 @@ class NetnsCluster:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def __enter__(self) -> NetnsCluster:
-        self.start()
+        if not self._started:
+            self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

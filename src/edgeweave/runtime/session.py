@@ -104,7 +104,7 @@ class Session:
             address = local.endpoint if local else self.cluster.devices[dev].address
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(address)
+            sock.connect(self._control_route(address))
             self.remotes[dev] = _Remote(dev, address, sock, local)
             endpoints[dev] = address
         for remote in self.remotes.values():
@@ -143,6 +143,13 @@ class Session:
             reply = self._expect(remote, "deployed", 120.0, f"device {remote.device}: deployment timed out")
             if reply.get("error"):
                 raise DeviceFailure(f"device {remote.device}: deployment failed: {reply['error']}")
+
+    def _control_route(self, address: str) -> str:
+        """With network namespaces, control traffic (deployment included) leaves from an address
+        the kernel does not shape: only data between devices crosses the emulated links."""
+        if self.netns is None or not address.startswith("tcp://"):
+            return address
+        return f"tcp://{self.netns.control_address}:0;{address.removeprefix('tcp://')}"
 
     def _expect(self, remote: _Remote, kind: str, timeout_s: float, message: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s

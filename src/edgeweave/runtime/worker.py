@@ -297,7 +297,7 @@ class Worker:
         dep = self.deployment
         if task["kind"] == "transfer":
             tensors = [state.env[v] for v in task["values"]]
-            self.senders[task["dst"]][1].put((request, task["id"], task["values"], tensors))
+            self.senders[task["dst"]][1].put((request, task["id"], task["values"], tensors, time.monotonic()))
             return
         start = time.monotonic()
         dep.runner.run_nodes([dep.local[i] for i in task["nodes"]], state.env, keep=dep.keep[task["id"]])
@@ -331,9 +331,11 @@ class Worker:
                 item = q.get()
                 if item is None:
                     return
-                request, task, names, tensors = item
+                request, task, names, tensors, queued_at = item
                 nbytes = sum(t.numel() * t.element_size() for t in tensors)
-                start, deliver = shaper.reserve(nbytes, time.monotonic())
+                # The link is free from when the message was handed over, not from when this
+                # thread finished pushing the previous one into ZeroMQ.
+                start, deliver = shaper.reserve(nbytes, queued_at)
                 wait_until(deliver)
                 header = {
                     "type": "data",
