@@ -1,0 +1,290 @@
+"""Exact region execution: a device computes its band of a segment's outputs from the input band
+it needs, with padding applied only at the tensor's true borders.
+
+A segment is a contiguous range of graph nodes that are all local. Values produced before it are
+whole on every device; values it produces and anything after it reads are its outputs, of which
+each device owns one band. Needed bands are propagated backwards through the segment's DAG (a
+value read by several nodes needs the hull of their needs), so residual branches, concatenations
+and downsampling paths all come out exact. Concatenating the devices' bands gives exactly the
+unsplit result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgeweave.graph.execute import resolve_op
+from edgeweave.graph.locality import BINARY, Interval, Locality, NodeRule, analyze, base
+from edgeweave.graph.opgraph import OpGraph, decode_const
+
+# A 4-D feature map splits on rows (2) or columns (3); a 3-D sequence on tokens (1).
+SEED_AXES = {"rows": {4: 2, 3: 1}, "cols": {4: 3, 3: 1}}
+
+
+@dataclass
+class Segment:
+    graph: OpGraph
+    first: int
+    last: int
+    loc: Locality
+    outputs: list[str]
+    inputs: list[str]
+
+    @property
+    def nodes(self) -> range:
+        return range(self.first, self.last + 1)
+
+    def rule(self, i: int) -> NodeRule:
+        return self.loc.rules[i - self.first]
+
+    def axis(self, value: str) -> int:
+        return self.loc.axes[value]
+
+    def extent(self, value: str) -> int:
+        return self.loc.shapes[value][self.axis(value)]
+
+
+def make_segment(graph: OpGraph, first: int, last: int, axis: str = "rows") -> Segment | None:
+    """The segment of nodes [first, last] split along `axis`, or None if a node there is a barrier."""
+    loc = analyze(graph, first, last, SEED_AXES[axis])
+    if any(r is None for r in loc.rules):
+        return None
+    inside = {graph.nodes[i].name for i in range(first, last + 1)}
+    read_after = {r for n in graph.nodes[last + 1 :] for r in n.inputs}
+    outputs = [
+        graph.nodes[i].name
+        for i in range(first, last + 1)
+        if graph.nodes[i].name in read_after or i == len(graph.nodes) - 1
+    ]
+    inputs = sorted({r for i in range(first, last + 1) for r in graph.nodes[i].inputs if r not in inside})
+    return Segment(graph, first, last, loc, outputs, inputs)
+
+
+def local_runs(graph: OpGraph, axis: str = "rows", min_nodes: int = 1) -> list[tuple[int, int]]:
+    """Maximal ranges of consecutive local nodes (each a valid segment)."""
+    runs, i, n = [], 0, len(graph.nodes)
+    while i < n:
+        if make_segment(graph, i, i, axis) is None:
+            i += 1
+            continue
+        lo, hi = i, n - 1
+        while lo < hi:  # the longest valid range starting at i (validity is monotone in the end)
+            mid = (lo + hi + 1) // 2
+            if make_segment(graph, i, mid, axis) is None:
+                hi = mid - 1
+            else:
+                lo = mid
+        if lo - i + 1 >= min_nodes:
+            runs.append((i, lo))
+        i = lo + 1
+    return runs
+
+
+def split_bands(extent: int, ratios: list[float]) -> list[Interval]:
+    """Cut [0, extent) into consecutive bands proportional to `ratios` (empty bands allowed)."""
+    total = sum(ratios)
+    cuts, acc = [0], 0.0
+    for r in ratios[:-1]:
+        acc += r
+        cuts.append(min(extent, max(cuts[-1], round(extent * acc / total))))
+    cuts.append(extent)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def own_bands(segment: Segment, ratios: list[float]) -> list[dict[str, Interval]]:
+    """Each device's band of every segment output, in the same proportions for all outputs."""
+    per_output = {v: split_bands(segment.extent(v), ratios) for v in segment.outputs}
+    return [{v: bands[k] for v, bands in per_output.items()} for k in range(len(ratios))]
+
+
+def _hull(a: Interval | None, b: Interval) -> Interval:
+    if a is None or a[0] >= a[1]:
+        return b
+    if b[0] >= b[1]:
+        return a
+    return min(a[0], b[0]), max(a[1], b[1])
+
+
+def input_need(segment: Segment, i: int, ref: str, out: Interval) -> Interval:
+    """The band of `ref` (an input of node i) that node i's output band `out` reads, clipped to the tensor."""
+    rule = segment.rule(i)
+    node = segment.graph.nodes[i]
+    first_ref = node.args[0].get("ref") if node.args and isinstance(node.args[0], dict) else None
+    lo, hi = rule.window.needs(out) if (rule.window is not None and ref == first_ref) else out
+    extent = segment.loc.shapes[ref][_axis_of(segment, i, ref)]
+    return max(lo, 0), min(hi, extent)
+
+
+def _axis_of(segment: Segment, i: int, ref: str) -> int:
+    """The split axis of `ref` as node i sees it (seeded for values from before the segment)."""
+    axis = segment.loc.axes.get(ref)
+    if axis is not None:
+        return axis
+    rule = segment.rule(i)
+    node = segment.graph.nodes[i]
+    nd_out = len(node.out_shape)
+    return rule.out_axis - (nd_out - len(segment.loc.shapes[ref])) if base(node.op)[0] in BINARY else rule.in_axis
+
+
+def needs(segment: Segment, own: Mapping[str, Interval]) -> dict[str, Interval]:
+    """Band of every value (inside the segment) a device must compute to produce `own`."""
+    need: dict[str, Interval] = {v: iv for v, iv in own.items() if iv[0] < iv[1]}
+    inside = {segment.graph.nodes[i].name for i in segment.nodes}
+    for i in reversed(segment.nodes):
+        node = segment.graph.nodes[i]
+        out = need.get(node.name)
+        if out is None:
+            continue
+        for ref in node.inputs:
+            if ref in inside and _is_split_operand(segment, i, ref):
+                need[ref] = _hull(need.get(ref), input_need(segment, i, ref, out))
+    return need
+
+
+def _is_split_operand(segment: Segment, i: int, ref: str) -> bool:
+    """Does node i read `ref` band-wise (True) or whole, as a broadcast operand (False)?"""
+    node = segment.graph.nodes[i]
+    if base(node.op)[0] not in BINARY:
+        return True
+    rule = segment.rule(i)
+    shape = segment.loc.shapes[ref]
+    aligned = rule.out_axis - (len(node.out_shape) - len(shape))
+    return aligned >= 0 and shape[aligned] == node.out_shape[rule.out_axis] and shape[aligned] > 1
+
+
+@dataclass
+class Band:
+    tensor: torch.Tensor
+    start: int  # global index of the first element along the value's split axis
+
+
+def run_bands(
+    segment: Segment,
+    weights: Mapping[str, torch.Tensor],
+    whole: Mapping[str, torch.Tensor],
+    own: Mapping[str, Interval],
+) -> dict[str, Band]:
+    """Compute this device's `own` bands of the segment outputs from whole input values.
+
+    `whole` holds every value produced before the segment (a real device only needs the bands
+    `input_bands` names; slicing here is what it would have been sent).
+    """
+    need = needs(segment, own)
+    bands: dict[str, Band] = {}
+    for i in segment.nodes:
+        node = segment.graph.nodes[i]
+        if node.name not in need:
+            continue
+        bands[node.name] = Band(_run_node(segment, i, need[node.name], bands, whole, weights), need[node.name][0])
+    out = {}
+    for v, (a, b) in own.items():
+        if a >= b:
+            continue
+        band = bands[v]
+        out[v] = Band(band.tensor.narrow(segment.axis(v), a - band.start, b - a), a)
+    return out
+
+
+def input_bands(segment: Segment, own: Mapping[str, Interval]) -> dict[str, Interval]:
+    """The band of every value from before the segment that a device needs (what must be sent to it)."""
+    need = needs(segment, own)
+    result: dict[str, Interval] = {}
+    inside = {segment.graph.nodes[i].name for i in segment.nodes}
+    for i in segment.nodes:
+        node = segment.graph.nodes[i]
+        if node.name not in need:
+            continue
+        for ref in node.inputs:
+            if ref not in inside:
+                iv = input_need(segment, i, ref, need[node.name]) if _is_split_operand(segment, i, ref) else None
+                whole_iv = (0, segment.loc.shapes[ref][_axis_of(segment, i, ref)]) if iv is None else iv
+                result[ref] = _hull(result.get(ref), whole_iv)
+    return result
+
+
+def _slice(t: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
+    return t.narrow(axis, lo, hi - lo)
+
+
+def _run_node(segment: Segment, i: int, out: Interval, bands: dict[str, Band], whole, weights) -> torch.Tensor:
+    node = segment.graph.nodes[i]
+    rule = segment.rule(i)
+    name = base(node.op)[0]
+    first_ref = node.args[0].get("ref") if node.args and isinstance(node.args[0], dict) else None
+
+    def operand(ref: str) -> torch.Tensor:
+        axis = _axis_of(segment, i, ref)
+        if not _is_split_operand(segment, i, ref):
+            return bands[ref].tensor if ref in bands else whole[ref]
+        lo, hi = input_need(segment, i, ref, out)
+        if ref in bands:
+            band = bands[ref]
+            return _slice(band.tensor, axis, lo - band.start, hi - band.start)
+        return _slice(whole[ref], axis, lo, hi)
+
+    def weight(key: str) -> torch.Tensor:
+        w = weights[key]
+        if name in BINARY and rule.out_axis - (len(node.out_shape) - w.dim()) >= 0:
+            aligned = rule.out_axis - (len(node.out_shape) - w.dim())
+            if w.shape[aligned] == node.out_shape[rule.out_axis] and w.shape[aligned] > 1:
+                return _slice(w, aligned, *out)
+        return w
+
+    def build(value: Any) -> Any:
+        if isinstance(value, list):
+            return [build(v) for v in value]
+        if isinstance(value, dict):
+            if "ref" in value:
+                return operand(value["ref"])
+            if "w" in value:
+                return weight(value["w"])
+        return decode_const(value)
+
+    args = [build(a) for a in node.args]
+    kwargs = {k: build(v) for k, v in node.kwargs.items()}
+    if rule.window is not None:
+        args = _pad_window(args, rule, out, segment.loc.shapes[first_ref][rule.in_axis], name)
+    if rule.shape_arg is not None:
+        shape = list(args[rule.shape_arg])
+        off = len(shape) - len(node.out_shape)
+        if shape[rule.out_axis + off] != -1:
+            shape[rule.out_axis + off] = out[1] - out[0]
+        args[rule.shape_arg] = shape
+    result = resolve_op(node.op)(*args, **kwargs)
+    return result if node.out_index is None else result[node.out_index]
+
+
+def _pad_window(args: list[Any], rule: NodeRule, out: Interval, extent: int, name: str) -> list[Any]:
+    """Pad the input band only where it meets the tensor's true border; no implicit padding on the axis."""
+    lo_raw, hi_raw = rule.window.needs(out)
+    before, after = max(0, -lo_raw), max(0, hi_raw - extent)
+    x = args[0]
+    d = rule.in_axis - 2
+    if before or after:
+        spec = [0, 0, 0, 0]  # F.pad order: last dim first -> (W_left, W_right, H_top, H_bottom)
+        spec[2 * (1 - d)], spec[2 * (1 - d) + 1] = before, after
+        x = F.pad(x, spec, value=rule.pad_value)
+    args = [x, *args[1:]]
+    pad_index = 4 if name == "conv2d" else 3
+    while len(args) <= pad_index:  # fill defaults up to the padding argument
+        args.append(_DEFAULTS[name][len(args)])
+    padding = list(args[pad_index]) if isinstance(args[pad_index], (list, tuple)) else [args[pad_index]] * 2
+    if len(padding) == 1:
+        padding = padding * 2
+    padding[d] = 0
+    args[pad_index] = padding
+    if name in ("max_pool2d", "avg_pool2d") and not args[2]:
+        args[2] = list(args[1])  # stride defaults to the kernel: keep it explicit once we pass padding
+    return args
+
+
+_DEFAULTS = {
+    "conv2d": [None, None, None, [1, 1], [0, 0], [1, 1], 1],
+    "max_pool2d": [None, None, [], [0, 0], [1, 1], False],
+    "avg_pool2d": [None, None, [], [0, 0], False, True, None],
+}
