@@ -169,10 +169,10 @@ def run_bands(
     whole: Mapping[str, torch.Tensor],
     own: Mapping[str, Interval],
 ) -> dict[str, Band]:
-    """Compute this device's `own` bands of the segment outputs from whole input values.
+    """Compute this device's `own` bands of the segment outputs from its inputs.
 
-    `whole` holds every value produced before the segment (a real device only needs the bands
-    `input_bands` names; slicing here is what it would have been sent).
+    `whole` maps every value produced before the segment to the whole tensor or to a `Band`
+    covering at least what `input_bands` names (what a helper device is sent).
     """
     need = needs(segment, own)
     bands: dict[str, Band] = {}
@@ -207,6 +207,14 @@ def input_bands(segment: Segment, own: Mapping[str, Interval]) -> dict[str, Inte
     return result
 
 
+def input_axis(segment: Segment, value: str) -> int:
+    """The axis along which a value entering the segment is cut into bands (as its readers see it)."""
+    for i in segment.nodes:
+        if value in segment.graph.nodes[i].inputs:
+            return _axis_of(segment, i, value)
+    raise KeyError(f"{value} is not read by the segment")
+
+
 def _slice(t: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
     return t.narrow(axis, lo, hi - lo)
 
@@ -219,13 +227,13 @@ def _run_node(segment: Segment, i: int, out: Interval, bands: dict[str, Band], w
 
     def operand(ref: str) -> torch.Tensor:
         axis = _axis_of(segment, i, ref)
+        held = bands.get(ref, whole.get(ref))
         if not _is_split_operand(segment, i, ref):
-            return bands[ref].tensor if ref in bands else whole[ref]
+            return held.tensor if isinstance(held, Band) else held
         lo, hi = input_need(segment, i, ref, out)
-        if ref in bands:
-            band = bands[ref]
-            return _slice(band.tensor, axis, lo - band.start, hi - band.start)
-        return _slice(whole[ref], axis, lo, hi)
+        if isinstance(held, Band):  # computed here, or received as a band: index relative to its start
+            return _slice(held.tensor, axis, lo - held.start, hi - held.start)
+        return _slice(held, axis, lo, hi)
 
     def weight(key: str) -> torch.Tensor:
         w = weights[key]
