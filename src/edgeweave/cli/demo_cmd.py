@@ -10,9 +10,9 @@ import typer
 from rich.table import Table
 
 from edgeweave.cli.common import JsonOpt, ModelChoice, console, print_json
-from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster
+from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster, prepare
 from edgeweave.cli.plan_cmd import attach_prediction
-from edgeweave.cli.run_cmd import execute, prepare
+from edgeweave.cli.run_cmd import execute
 from edgeweave.cost.cluster import print_cluster
 
 DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline"]
@@ -41,7 +41,7 @@ def demo(
     _, graph, weights, profile = prepare(ModelChoice(model), None, cache_dir, no_cache)
     rows = []
     for strategy in DEMO_STRATEGIES:
-        plan = attach_prediction(make_plan(profile, the_cluster, strategy, "latency"), requests)
+        plan = attach_prediction(make_plan(profile, the_cluster, strategy, "latency", graph), requests)
         rows.append(
             execute(
                 plan,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeweave.cli.common import ModelChoice, err_console
+from edgeweave.cli.common import err_console
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
 from edgeweave.cost.store import DEFAULT_CACHE, cached_profile, profile_key
@@ -50,38 +50,32 @@ def load_cluster(path: Path | None) -> Cluster:
     return Cluster.load(path)
 
 
-def resolve_profile(
-    choice: ModelChoice | None, profile_path: Path | None, cache_dir: Path | None, no_cache: bool
-) -> Profile:
-    """A profile from --profile, else measured for MODEL here (cached); checks they agree if both are given."""
-    if profile_path is not None:
-        profile = Profile.load(profile_path)
-        if choice is not None:
-            from edgeweave.graph import capture
-
-            spec = choice.load()
-            graph, _ = capture(spec.module, spec.example_input, spec.name)
-            if len(graph) != len(profile.nodes):
-                raise UserError(
-                    f"{profile_path}: has {len(profile.nodes)} nodes but {spec.name} captures to "
-                    f"{len(graph)}; profile this model with `edgeweave profile {choice.spec}`"
-                )
-        return profile
-    if choice is None:
-        raise UserError("give a MODEL or --profile P.json")
-    from edgeweave.zoo import parse_input_shape
-
-    shape = parse_input_shape(choice.input_shape) if choice.input_shape else None
-    key = profile_key(choice.spec, shape, threads=1)
-    cache = None if no_cache else (cache_dir or DEFAULT_CACHE)
-    return cached_profile(key, cache, lambda: measure(choice))
-
-
-def measure(choice: ModelChoice) -> Profile:
+def prepare(choice, profile_path: Path | None, cache_dir, no_cache):
+    """Model, captured graph and weights, and a profile whose nodes are that graph's nodes."""
+    from edgeweave.cost.profile import Profile
     from edgeweave.cost.profiler import profile_graph
+    from edgeweave.cost.store import DEFAULT_CACHE
     from edgeweave.graph import capture
 
-    with err_console.status(f"capturing and profiling {choice.spec} (once; reused from the cache later) ..."):
+    with err_console.status(f"building and capturing {choice.spec} ..."):
         spec = choice.load()
         graph, weights = capture(spec.module, spec.example_input, spec.name)
-        return profile_graph(graph, weights, spec.example_input, module=spec.module)
+    names = [n.name for n in graph.nodes]
+
+    def measure() -> Profile:
+        with err_console.status(f"profiling {spec.name} (once; cached for later runs) ..."):
+            return profile_graph(graph, weights, spec.example_input, module=spec.module)
+
+    if profile_path is not None:
+        profile = Profile.load(profile_path)
+        if [n.name for n in profile.nodes] != names:
+            raise UserError(
+                f"{profile_path}: its {len(profile.nodes)} nodes are not the {len(names)} nodes "
+                f"{spec.name} captures to; profile it with `edgeweave profile {choice.spec}`"
+            )
+        return spec, graph, weights, profile
+    key = profile_key(choice.spec, tuple(spec.input_shape), threads=1)
+    profile = cached_profile(key, None if no_cache else (cache_dir or DEFAULT_CACHE), measure)
+    if [n.name for n in profile.nodes] != names:  # a stale cache entry (e.g. another torch): measure again
+        profile = measure()
+    return spec, graph, weights, profile

@@ -19,7 +19,7 @@ from edgeweave.cli.common import (
     model_choice,
     print_json,
 )
-from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster, resolve_profile
+from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster, prepare
 from edgeweave.cost.profile import Profile
 from edgeweave.cost.units import format_bytes
 from edgeweave.plan.ir import Plan
@@ -93,9 +93,13 @@ def plan(
 
     choice = model_choice(model, model_opt, input_shape, checkpoint, required=profile is None)
     the_cluster = load_cluster(cluster)
-    prof = resolve_profile(choice, profile, cache_dir, no_cache)
+    graph = None
+    if choice is not None:
+        _, graph, _, prof = prepare(choice, profile, cache_dir, no_cache)
+    else:
+        prof = Profile.load(profile)
     started = time.perf_counter()
-    the_plan = make_plan(prof, the_cluster, strategy, objective)
+    the_plan = make_plan(prof, the_cluster, strategy, objective, graph)
     plan_time = time.perf_counter() - started
     attach_prediction(the_plan)
     if out is not None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
 from edgeweave.errors import UserError
+from edgeweave.graph.opgraph import OpGraph
 from edgeweave.plan.build import Placement, build_plan, stages_to_placement
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import Plan
@@ -26,13 +27,25 @@ def strategies() -> dict[str, Callable[[Profile, PipelineModel, str], Placement]
     return {**BASELINES, "pipeline": _pipeline}
 
 
-def make_plan(profile: Profile, cluster: Cluster, strategy: str, objective: str = "throughput") -> Plan:
+GRAPH_STRATEGIES = ("hybrid",)  # need the operator graph (locality analysis), not only the profile
+
+
+def make_plan(profile: Profile, cluster: Cluster, strategy: str, objective: str = "throughput",
+              graph: OpGraph | None = None) -> Plan:
     """Plan `profile` on `cluster` with `strategy`: a pure function of its inputs."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     table = strategies()
-    if strategy not in table:
-        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(sorted(table))}")
+    if strategy not in table and strategy not in GRAPH_STRATEGIES:
+        names = sorted([*table, *GRAPH_STRATEGIES])
+        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(names)}")
+    if strategy == "hybrid":
+        from edgeweave.plan.hybrid import plan_hybrid
+
+        if graph is None:
+            raise UserError("--strategy hybrid needs the model itself (it analyses which operators can be split): "
+                            "give MODEL, not only --profile")
+        return plan_hybrid(profile, graph, cluster, objective)
     pm = PipelineModel.build(profile, cluster)
     placement = table[strategy](profile, pm, objective)
     return build_plan(profile, cluster, pm, placement, strategy, objective)
