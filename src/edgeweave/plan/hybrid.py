@@ -43,9 +43,16 @@ class _SegmentCost:
         self.times = {profile.nodes[i].name: profile.nodes[i].time_s for i in segment.nodes}
         self.out_bytes = {profile.nodes[i].name: profile.nodes[i].out_bytes for i in segment.nodes}
         self.value_bytes = profile.value_bytes
+        self._cache: dict[tuple, tuple[float, int, int]] = {}
 
     def band(self, own: dict) -> tuple[float, int, int]:
         """(compute seconds at speed 1, input bytes it must receive, output bytes it produces)."""
+        key = tuple(sorted(own.items()))
+        if key not in self._cache:  # balancing asks for the same band sizes again and again
+            self._cache[key] = self._band(own)
+        return self._cache[key]
+
+    def _band(self, own: dict) -> tuple[float, int, int]:
         seg = self.segment
         need = needs(seg, own)
         work = sum(self.times[v] * (b - a) / seg.loc.shapes[v][seg.axis(v)] for v, (a, b) in need.items())
@@ -67,7 +74,12 @@ def _transfer(pm: PipelineModel, a: int, b: int, nbytes: int) -> float:
     return 0.0 if a == b or nbytes == 0 else float(pm.latency[a, b] + nbytes / pm.bandwidth[a, b])
 
 
-def _balance(cost: _SegmentCost, pm: PipelineModel, devices: list[int], start_time: float) -> tuple[list[float], float]:
+def _balance(
+    cost: _SegmentCost,
+    pm: PipelineModel,
+    devices: list[int],
+    start_time: float,
+) -> tuple[list[float], list[float | None]]:
     """Shares so that all devices finish their bands together (no streaming: receive, then compute).
 
     For a finish time T, each device can take the largest band it completes by T; T is the
@@ -111,21 +123,36 @@ def _balance(cost: _SegmentCost, pm: PipelineModel, devices: list[int], start_ti
         cut = min(excess, rows[k])
         rows[k] -= cut
         excess -= cut
-    return [r / extent for r in rows], hi_t
+    ratios = [r / extent for r in rows]
+    owns = own_bands(seg, ratios)
+    finishes = []
+    for dev, own in zip(devices, owns, strict=True):  # the exact finish of the bands actually chosen
+        if any(b > a for a, b in own.values()):
+            work, b_in, _ = cost.band(own)
+            finishes.append(start_time + _transfer(pm, pm.source, dev, b_in) + work / float(pm.speed[dev]))
+        else:
+            finishes.append(None)
+    return ratios, finishes
 
 
 def candidate_segments(graph: OpGraph, max_per_run: int = 24) -> list[tuple[int, int, str]]:
-    """Segments worth trying: each local run, ended at points where only one value leaves it."""
+    """Segments worth trying: each local run, ended where only one value leaves it (block ends)."""
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for ref in node.inputs:
+            last_use[ref] = i
+    index = graph.index()
     out = []
     for axis in ("rows", "cols"):
         for first, last in local_runs(graph, axis):
-            ends = [last]
-            for i in range(first, last):
-                seg = make_segment(graph, first, i, axis)
-                if seg is not None and len(seg.outputs) == 1:
+            ends, live = [], 0
+            for i in range(first, last + 1):  # values produced in [first, i] still read after i
+                live += 1 if last_use.get(graph.nodes[i].name, len(graph.nodes)) > i else 0
+                live -= sum(1 for r in set(graph.nodes[i].inputs) if last_use.get(r) == i and index.get(r, -1) >= first)
+                if live == 1:
                     ends.append(i)
             step = max(1, len(ends) // max_per_run)
-            for end in sorted(set(ends))[::step] + [last]:
+            for end in [*ends[::step], last]:
                 out.append((first, end, axis))
     return sorted(set(out))
 
@@ -155,9 +182,9 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
         prefix = float(pm.times[:first].sum()) / float(pm.speed[pm.source])
         for helpers in ([d] for d in others):
             devices = [pm.source, *helpers]
-            ratios, t_split = _balance(cost, pm, devices, prefix)
+            ratios, finishes = _balance(cost, pm, devices, prefix)
             for suffix in devices:
-                lat = _split_latency(profile, pm, cost, devices, ratios, t_split, last, suffix)
+                lat = _split_latency(profile, pm, cost, devices, ratios, finishes, last, suffix)
                 if lat < best_latency * 0.999 and (best_split is None or lat < best_split.latency_s):
                     best_split = SplitChoice(first, last, axis, devices, ratios, suffix, lat)
     if best_split is None:
@@ -167,16 +194,16 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
     return build_hybrid_plan(profile, graph, cluster, pm, best_split, objective)
 
 
-def _split_latency(profile, pm, cost, devices, ratios, t_split, last, suffix) -> float:
+def _split_latency(profile, pm, cost, devices, ratios, finishes, last, suffix) -> float:
+    """Every device sends its bands to the suffix device as soon as it is done with them."""
     seg = cost.segment
-    owns = own_bands(seg, ratios)
-    gather = 0.0
-    for dev, own in zip(devices, owns, strict=True):
-        if dev != suffix and any(b > a for a, b in own.values()):
-            gather = max(gather, _transfer(pm, dev, suffix, cost.band(own)[2]))
+    ready = 0.0
+    for dev, own, done in zip(devices, own_bands(seg, ratios), finishes, strict=True):
+        if done is not None:
+            ready = max(ready, done + (_transfer(pm, dev, suffix, cost.band(own)[2]) if dev != suffix else 0.0))
     tail = float(pm.times[last + 1 :].sum()) / float(pm.speed[suffix])
     back = _transfer(pm, suffix, pm.source, profile.output_bytes)
-    return t_split + gather + tail + back
+    return ready + tail + back
 
 
 def build_hybrid_plan(
