@@ -18,8 +18,18 @@ from dataclasses import dataclass
 
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
+from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
-from edgeweave.graph.regions import Segment, input_axis, input_bands, local_runs, make_segment, needs, own_bands
+from edgeweave.graph.regions import (
+    Segment,
+    input_axis,
+    input_bands,
+    local_runs,
+    make_segment,
+    needs,
+    own_bands,
+    split_bands,
+)
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import ComputeTask, Plan, TransferTask
 
@@ -33,6 +43,7 @@ class SplitChoice:
     ratios: list[float]
     suffix_device: int
     latency_s: float
+    schedules: list  # BandSchedule per device (None for a device with an empty band)
 
 
 class _SegmentCost:
@@ -44,6 +55,14 @@ class _SegmentCost:
         self.out_bytes = {profile.nodes[i].name: profile.nodes[i].out_bytes for i in segment.nodes}
         self.value_bytes = profile.value_bytes
         self._cache: dict[tuple, tuple[float, int, int]] = {}
+        self._inputs: dict[tuple, dict[str, Interval]] = {}
+        self.schedules: dict[tuple, BandSchedule] = {}
+
+    def input_bands(self, own: dict) -> dict[str, Interval]:
+        key = tuple(sorted(own.items()))
+        if key not in self._inputs:
+            self._inputs[key] = input_bands(self.segment, own)
+        return self._inputs[key]
 
     def band(self, own: dict) -> tuple[float, int, int]:
         """(compute seconds at speed 1, input bytes it must receive, output bytes it produces)."""
@@ -57,7 +76,7 @@ class _SegmentCost:
         need = needs(seg, own)
         work = sum(self.times[v] * (b - a) / seg.loc.shapes[v][seg.axis(v)] for v, (a, b) in need.items())
         bytes_in = 0
-        for v, (a, b) in input_bands(seg, own).items():
+        for v, (a, b) in self.input_bands(own).items():
             full = self.value_bytes(v)
             axis_len = _axis_extent(seg, v)
             bytes_in += full * (b - a) // axis_len if axis_len else full
@@ -74,43 +93,195 @@ def _transfer(pm: PipelineModel, a: int, b: int, nbytes: int) -> float:
     return 0.0 if a == b or nbytes == 0 else float(pm.latency[a, b] + nbytes / pm.bandwidth[a, b])
 
 
+CHUNK_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass
+class BandSchedule:
+    """One device's part of a split: chunks of its band, what each sends and computes, and when it is done."""
+
+    chunks: list[dict[str, Interval]]  # own sub-bands, in order
+    sends: list[dict[str, Interval]]  # input rows sent before each chunk (new rows only)
+    send_bytes: list[int]
+    out_bytes: list[int]
+    work_s: list[float]
+    ready: float  # when the last output band has reached the gathering device
+
+
+def _chunked(own: dict[str, Interval], chunks: int) -> list[dict[str, Interval]]:
+    parts = {v: [(a + x, a + y) for x, y in split_bands(b - a, [1.0] * chunks)] for v, (a, b) in own.items()}
+    subs = [{v: p[j] for v, p in parts.items()} for j in range(chunks)]
+    return [sub for sub in subs if any(b > a for a, b in sub.values())]
+
+
+def schedule(
+    cost: _SegmentCost, pm: PipelineModel, dev: int, own: dict[str, Interval], chunks: int, start: float, gather_at: int
+) -> BandSchedule:
+    """Stream a band: chunk j's new input rows cross the link, its output band is computed as soon as
+    they and chunk j-1 are done (recomputing intermediate halo rows), then sent on to `gather_at`.
+    Exactly what the simulator does with the tasks `build_hybrid_plan` emits for it."""
+    key = (dev, tuple(sorted(own.items())), chunks, start, gather_at)
+    if key not in cost.schedules:
+        cost.schedules[key] = _schedule(cost, pm, dev, own, chunks, start, gather_at)
+    return cost.schedules[key]
+
+
+def _schedule(
+    cost: _SegmentCost, pm: PipelineModel, dev: int, own: dict[str, Interval], chunks: int, start: float, gather_at: int
+) -> BandSchedule:
+    seg = cost.segment
+    speed = float(pm.speed[dev])
+    subs = _chunked(own, chunks if dev != pm.source else 1)
+    sent: dict[str, Interval] = {}
+    sends, send_bytes, out_bytes, works = [], [], [], []
+    t_link = t_dev = t_out = start
+    for sub in subs:
+        new: dict[str, Interval] = {}
+        nbytes = 0
+        if dev != pm.source:
+            for v, (lo, hi) in cost.input_bands(sub).items():
+                got = sent.get(v)
+                a = lo if got is None else max(lo, got[1])
+                if hi > a or got is None:
+                    new[v] = (a, max(hi, a))
+                    nbytes += cost.value_bytes(v) * (max(hi, a) - a) // _axis_extent(seg, v)
+                sent[v] = (lo if got is None else got[0], max(hi, got[1] if got else hi))
+            t_link += _transfer(pm, pm.source, dev, nbytes) if new else 0.0
+        work, _, produced = cost.band(sub)
+        t_dev = max(t_dev, t_link) + work / speed
+        t_out = max(t_out, t_dev) + (_transfer(pm, dev, gather_at, produced) if dev != gather_at else 0.0)
+        sends.append(new)
+        send_bytes.append(nbytes)
+        out_bytes.append(produced)
+        works.append(work)
+    return BandSchedule(subs, sends, send_bytes, out_bytes, works, max(t_out, t_dev))
+
+
+def joint_latency(
+    cost: _SegmentCost,
+    pm: PipelineModel,
+    devices: list[int],
+    owns: list[dict[str, Interval]],
+    chunks: list[int],
+    start: float,
+    suffix: int,
+) -> tuple[float, list[BandSchedule | None]]:
+    """When the last band reaches `suffix`, scheduling every task the way the simulator does: in plan
+    order (all input chunks first), one task at a time per device and per link direction."""
+    scheds = [
+        schedule(cost, pm, d, own, c, start, suffix) if any(b > a for a, b in own.values()) else None
+        for d, own, c in zip(devices, owns, chunks, strict=True)
+    ]
+    link: dict[tuple[int, int], float] = {}
+    arrive: dict[tuple[int, int], float] = {}
+    for k, (d, sc) in enumerate(zip(devices, scheds, strict=True)):  # input chunks, in order, per link
+        if sc is None or d == pm.source:
+            continue
+        for j, nbytes in enumerate(sc.send_bytes):
+            if sc.sends[j]:
+                t0 = max(link.get((pm.source, d), start), start)
+                link[pm.source, d] = t0 + _transfer(pm, pm.source, d, nbytes)
+                arrive[k, j] = link[pm.source, d]
+    ready = start
+    for k, (d, sc) in enumerate(zip(devices, scheds, strict=True)):
+        if sc is None:
+            continue
+        t_dev = start
+        for j, work in enumerate(sc.work_s):
+            t_dev = max(t_dev, arrive.get((k, j), start)) + work / float(pm.speed[d])
+            if d == suffix:
+                ready = max(ready, t_dev)
+                continue
+            t0 = max(link.get((d, suffix), start), t_dev)
+            link[d, suffix] = t0 + _transfer(pm, d, suffix, sc.out_bytes[j])
+            ready = max(ready, link[d, suffix])
+    return ready, scheds
+
+
+def _refine(
+    cost: _SegmentCost, pm: PipelineModel, devices: list[int], ratios: list[float], start: float, suffix: int
+) -> tuple[float, list[float], list[BandSchedule | None]]:
+    """Exact joint latency around the balanced shares: every split for two devices, a local search beyond."""
+    seg = cost.segment
+    extent = seg.extent(seg.outputs[-1])
+    memo: dict[tuple[int, ...], tuple[float, list, list]] = {}
+
+    def evaluate(rows: tuple[int, ...]) -> tuple[float, list, list]:
+        if rows not in memo:
+            rat = [r / extent for r in rows]
+            owns = own_bands(seg, rat)
+            best = None
+            for c in CHUNK_CHOICES:
+                chunks = [1 if d == pm.source else c for d in devices]
+                lat, scheds = joint_latency(cost, pm, devices, owns, chunks, start, suffix)
+                if best is None or lat < best[0]:
+                    best = (lat, rat, scheds)
+            memo[rows] = best
+        return memo[rows]
+
+    rows = [round(r * extent) for r in ratios]
+    rows[-1] = extent - sum(rows[:-1])
+    if len(devices) == 2:  # coarse scan of the split row, then every row around the best coarse one
+        step = max(1, extent // 12)
+        coarse = min(range(0, extent + 1, step), key=lambda r: evaluate((r, extent - r))[0])
+        fine = range(max(0, coarse - step), min(extent, coarse + step) + 1)
+        return min((evaluate((r, extent - r)) for r in fine), key=lambda x: x[0])
+    current = tuple(rows)
+    improved = True
+    while improved:
+        improved = False
+        for a in range(len(devices)):
+            for b in range(len(devices)):
+                for step in (1, 2, 4):
+                    if a == b or current[a] < step:
+                        continue
+                    trial = list(current)
+                    trial[a] -= step
+                    trial[b] += step
+                    if evaluate(tuple(trial))[0] < evaluate(current)[0]:
+                        current, improved = tuple(trial), True
+    return evaluate(current)
+
+
 def _balance(
     cost: _SegmentCost,
     pm: PipelineModel,
     devices: list[int],
-    start_time: float,
-) -> tuple[list[float], list[float | None]]:
-    """Shares so that all devices finish their bands together (no streaming: receive, then compute).
+    start: float,
+    gather_at: int,
+) -> tuple[list[float], list[BandSchedule | None]]:
+    """Shares so that every device's bands reach the gathering device at the same time.
 
-    For a finish time T, each device can take the largest band it completes by T; T is the
-    smallest time at which the bands cover the whole output. Bands are whole rows, so the search
-    is over integers per device.
+    For a time T each device takes the largest band it can deliver by T (with its best chunk
+    count); T is the smallest time at which the bands cover the output. Bands are whole rows.
     """
     seg = cost.segment
-    anchor = seg.outputs[-1]
-    extent = seg.extent(anchor)
+    extent = seg.extent(seg.outputs[-1])
+    memo: dict[tuple[int, int], float] = {}
 
-    def finish(dev: int, rows: int) -> float:
+    def ready(dev: int, rows: int) -> float:
         if rows == 0:
-            return 0.0
-        ratios = [rows, extent - rows] if rows < extent else [1.0]
-        own = own_bands(seg, ratios)[0] if rows < extent else {v: (0, seg.extent(v)) for v in seg.outputs}
-        work, b_in, _ = cost.band(own)
-        t_in = _transfer(pm, pm.source, dev, b_in)
-        return start_time + t_in + work / float(pm.speed[dev])
+            return start
+        if (dev, rows) not in memo:
+            own = (
+                own_bands(seg, [rows, extent - rows])[0]
+                if rows < extent
+                else {v: (0, seg.extent(v)) for v in seg.outputs}
+            )
+            memo[dev, rows] = min(schedule(cost, pm, dev, own, c, start, gather_at).ready for c in CHUNK_CHOICES)
+        return memo[dev, rows]
 
     def rows_by(dev: int, T: float) -> int:
         lo, hi = 0, extent
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if finish(dev, mid) <= T:
+            if ready(dev, mid) <= T:
                 lo = mid
             else:
                 hi = mid - 1
         return lo
 
-    lo_t = start_time
-    hi_t = min(finish(d, extent) for d in devices)
+    lo_t, hi_t = start, min(ready(d, extent) for d in devices)
     for _ in range(40):
         mid = (lo_t + hi_t) / 2
         if sum(rows_by(d, mid) for d in devices) >= extent:
@@ -124,15 +295,15 @@ def _balance(
         rows[k] -= cut
         excess -= cut
     ratios = [r / extent for r in rows]
-    owns = own_bands(seg, ratios)
-    finishes = []
-    for dev, own in zip(devices, owns, strict=True):  # the exact finish of the bands actually chosen
+    scheds: list[BandSchedule | None] = []
+    for dev, own in zip(devices, own_bands(seg, ratios), strict=True):  # exact, for the bands chosen
         if any(b > a for a, b in own.values()):
-            work, b_in, _ = cost.band(own)
-            finishes.append(start_time + _transfer(pm, pm.source, dev, b_in) + work / float(pm.speed[dev]))
+            scheds.append(
+                min((schedule(cost, pm, dev, own, c, start, gather_at) for c in CHUNK_CHOICES), key=lambda sc: sc.ready)
+            )
         else:
-            finishes.append(None)
-    return ratios, finishes
+            scheds.append(None)
+    return ratios, scheds
 
 
 def candidate_segments(graph: OpGraph, max_per_run: int = 24) -> list[tuple[int, int, str]]:
@@ -182,11 +353,12 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
         prefix = float(pm.times[:first].sum()) / float(pm.speed[pm.source])
         for helpers in ([d] for d in others):
             devices = [pm.source, *helpers]
-            ratios, finishes = _balance(cost, pm, devices, prefix)
             for suffix in devices:
-                lat = _split_latency(profile, pm, cost, devices, ratios, finishes, last, suffix)
+                ratios, _ = _balance(cost, pm, devices, prefix, suffix)
+                ready, ratios, scheds = _refine(cost, pm, devices, ratios, prefix, suffix)
+                lat = _split_latency(profile, pm, ready, last, suffix)
                 if lat < best_latency * 0.999 and (best_split is None or lat < best_split.latency_s):
-                    best_split = SplitChoice(first, last, axis, devices, ratios, suffix, lat)
+                    best_split = SplitChoice(first, last, axis, devices, ratios, suffix, lat, scheds)
     if best_split is None:
         best_plan.notes.append(f"hybrid: no band split beats the best layer-wise plan here; using {best_plan.strategy}")
         best_plan.strategy = "hybrid"
@@ -194,16 +366,9 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
     return build_hybrid_plan(profile, graph, cluster, pm, best_split, objective)
 
 
-def _split_latency(profile, pm, cost, devices, ratios, finishes, last, suffix) -> float:
-    """Every device sends its bands to the suffix device as soon as it is done with them."""
-    seg = cost.segment
-    ready = 0.0
-    for dev, own, done in zip(devices, own_bands(seg, ratios), finishes, strict=True):
-        if done is not None:
-            ready = max(ready, done + (_transfer(pm, dev, suffix, cost.band(own)[2]) if dev != suffix else 0.0))
+def _split_latency(profile: Profile, pm: PipelineModel, ready: float, last: int, suffix: int) -> float:
     tail = float(pm.times[last + 1 :].sum()) / float(pm.speed[suffix])
-    back = _transfer(pm, suffix, pm.source, profile.output_bytes)
-    return ready + tail + back
+    return ready + tail + _transfer(pm, suffix, pm.source, profile.output_bytes)
 
 
 def build_hybrid_plan(
@@ -211,7 +376,6 @@ def build_hybrid_plan(
 ) -> Plan:
     """The task graph of one request for a split choice (bands as regions on tasks and transfers)."""
     seg = make_segment(graph, choice.first, choice.last, choice.axis)
-    cost = _SegmentCost(seg, profile)
     names = pm.devices
     src = names[pm.source]
     tasks: list[ComputeTask | TransferTask] = []
@@ -228,64 +392,61 @@ def build_hybrid_plan(
             )
         )
         after_prefix = ["pre"]
-    owns = own_bands(seg, choice.ratios)
     region = {"axis": choice.axis, "segment": [seg.first, seg.last]}
-    inputs_sent: dict[int, str] = {}
-    for k, (dev, own) in enumerate(zip(choice.devices, owns, strict=True)):
-        if dev == pm.source or not any(b > a for a, b in own.values()):
-            continue
-        bands_in = input_bands(seg, own)
-        tid = f"in{k}"  # sent before the source starts its own band, so the helper starts early
-        tasks.append(
-            TransferTask(
-                id=tid,
-                src=src,
-                dst=names[dev],
-                values=sorted(bands_in),
-                bytes=cost.band(own)[1],
-                after=list(after_prefix),
-                region={**region, "bands": {v: list(iv) for v, iv in bands_in.items()}},
-            )
-        )
-        inputs_sent[k] = tid
-    band_tasks = {}
-    for k, (dev, own) in enumerate(zip(choice.devices, owns, strict=True)):
-        if not any(b > a for a, b in own.values()):
-            continue
-        work = cost.band(own)[0]
-        tid = f"band{k}"
-        tasks.append(
-            ComputeTask(
-                id=tid,
-                device=names[dev],
-                nodes=list(seg.nodes),
-                after=[inputs_sent[k]] if k in inputs_sent else list(after_prefix),
-                time_s=work / float(pm.speed[dev]),
-                region={**region, "own": {v: list(iv) for v, iv in own.items()}},
-            )
-        )
-        band_tasks[k] = tid
-    gathers = []
     suffix_name = names[choice.suffix_device]
-    for k, (dev, own) in enumerate(zip(choice.devices, owns, strict=True)):
-        if k not in band_tasks:
+    gathers: list[str] = []
+    sends: list[TransferTask] = []  # listed first: the source queues every chunk before computing its band
+    for k, (dev, sched) in enumerate(zip(choice.devices, choice.schedules, strict=True)):
+        if sched is None:
             continue
-        if dev == choice.suffix_device:
-            gathers.append(band_tasks[k])
-            continue
-        tid = f"out{k}"
-        tasks.append(
-            TransferTask(
-                id=tid,
-                src=names[dev],
-                dst=suffix_name,
-                values=list(seg.outputs),
-                bytes=cost.band(own)[2],
-                after=[band_tasks[k]],
-                region={**region, "bands": {v: list(iv) for v, iv in own.items()}},
+        prev_compute: list[str] = list(after_prefix)
+        for j, sub in enumerate(sched.chunks):
+            deps = list(prev_compute)
+            if sched.sends[j]:  # the new input rows this chunk needs, streamed ahead of its compute
+                tid = f"in{k}.{j}"
+                bands = {v: list(iv) for v, iv in sched.sends[j].items()}
+                sends.append(
+                    TransferTask(
+                        id=tid,
+                        src=src,
+                        dst=names[dev],
+                        values=sorted(sched.sends[j]),
+                        bytes=sched.send_bytes[j],
+                        after=list(after_prefix),
+                        region={**region, "bands": bands},
+                    )
+                )
+                deps.append(tid)
+            cid = f"band{k}.{j}"
+            tasks.append(
+                ComputeTask(
+                    id=cid,
+                    device=names[dev],
+                    nodes=list(seg.nodes),
+                    after=deps,
+                    time_s=sched.work_s[j] / float(pm.speed[dev]),
+                    region={**region, "own": {v: list(iv) for v, iv in sub.items()}},
+                )
             )
-        )
-        gathers.append(tid)
+            prev_compute = [cid]
+            if dev == choice.suffix_device:
+                gathers.append(cid)
+                continue
+            oid = f"out{k}.{j}"
+            tasks.append(
+                TransferTask(
+                    id=oid,
+                    src=names[dev],
+                    dst=suffix_name,
+                    values=list(seg.outputs),
+                    bytes=sched.out_bytes[j],
+                    after=[cid],
+                    region={**region, "bands": {v: list(iv) for v, iv in sub.items()}},
+                )
+            )
+            gathers.append(oid)
+    first_band = len(tasks) - sum(1 for t in tasks if t.id.startswith(("band", "out")))
+    tasks[first_band:first_band] = sends
     last_task = gathers
     if choice.last + 1 < len(profile.nodes):
         nodes = list(range(choice.last + 1, len(profile.nodes)))

@@ -76,11 +76,27 @@ def compute(
         if v in env:
             inputs[v] = env[v]
         elif v in bands:
-            inputs[v] = bands[v][0]
+            inputs[v] = merged(bands[v], input_axis(seg, v))
     own = {v: (int(a), int(b)) for v, (a, b) in region["own"].items()}
     with torch.no_grad():
         for v, band in run_bands(seg, weights, inputs, own).items():
             bands.setdefault(v, []).append(band)
+
+
+def merged(pieces: list[Band], axis: int) -> Band:
+    """One band from pieces streamed in order (each chunk brings the rows after the previous one)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    ordered = sorted(pieces, key=lambda b: b.start)
+    tensors, end = [], ordered[0].start
+    for piece in ordered:
+        size = piece.tensor.shape[axis]
+        if piece.start + size <= end:
+            continue
+        skip = end - piece.start
+        tensors.append(piece.tensor.narrow(axis, skip, size - skip) if skip > 0 else piece.tensor)
+        end = piece.start + size
+    return Band(torch.cat(tensors, dim=axis), ordered[0].start)
 
 
 def assemble(env: dict[str, torch.Tensor], bands: dict[str, list[Band]], ctx: BandContext) -> None:
