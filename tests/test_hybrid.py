@@ -64,3 +64,17 @@ def test_hybrid_plans_compute_exactly(profiled, name: str, helpers: int) -> None
     got = dry_run(plan, graph, weights, spec.example_input)
     scale = expected.abs().max()
     assert float((got - expected).abs().max() / scale) <= 2e-5
+
+
+def test_hybrid_grid_is_the_published_restricted_search(profiled) -> None:
+    _, graph, _, profile = profiled("resnet18")
+    cluster = robot_server("50Mbps")
+    grid = make_plan(profile, cluster, "hybrid-grid", "latency", graph)
+    assert grid.strategy == "hybrid-grid"
+    split = [t for t in grid.tasks if t.region is not None]
+    if split:
+        assert {t.region["axis"] for t in split} == {"cols"}  # width only
+        assert grid.cost_model["ratios"][0] in (0.0, 0.5, 0.6, 0.7, 1.0)
+        assert not any(t.id.endswith(".1") for t in split)  # no streaming chunks
+    ours = simulate(make_plan(profile, cluster, "hybrid", "latency", graph), requests=1).single_latency_s
+    assert ours <= simulate(grid, requests=1).single_latency_s * 1.0001

@@ -351,7 +351,8 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
             continue
         cost = _SegmentCost(seg, profile)
         prefix = float(pm.times[:first].sum()) / float(pm.speed[pm.source])
-        for helpers in ([d] for d in others):
+        helper_sets = [[d] for d in others] + ([others] if len(others) > 1 else [])
+        for helpers in helper_sets:
             devices = [pm.source, *helpers]
             for suffix in devices:
                 ratios, _ = _balance(cost, pm, devices, prefix, suffix)
@@ -364,6 +365,45 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
         best_plan.strategy = "hybrid"
         return best_plan
     return build_hybrid_plan(profile, graph, cluster, pm, best_split, objective)
+
+
+GRID = (0.0, 0.5, 0.6, 0.7, 1.0)
+
+
+def plan_hybrid_grid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: str = "latency") -> Plan:
+    """The published Hybrid-Parallel planner's approach, as a baseline: two devices (the source and
+    the fastest other), width splits only, the source's share from the grid {0, .5, .6, .7, 1},
+    at block-end cut candidates, no streaming, costed with the configured link rates. (The
+    original also computes the seam between the halves inexactly; ours is exact, which only
+    flatters the baseline.)"""
+    pm = PipelineModel.build(profile, cluster)
+    others = [d for d in range(pm.num_devices) if d != pm.source]
+    if not others:
+        from edgeweave.plan.strategies import make_plan
+
+        plan = make_plan(profile, cluster, "local", objective)
+        plan.strategy = "hybrid-grid"
+        return plan
+    helper = max(others, key=lambda d: float(pm.speed[d]))
+    devices = [pm.source, helper]
+    best = None
+    for first, last, axis in candidate_segments(graph):
+        if axis != "cols" or first != 0:
+            continue
+        seg = make_segment(graph, first, last, axis)
+        if seg is None:
+            continue
+        cost = _SegmentCost(seg, profile)
+        for share in GRID:
+            owns = own_bands(seg, [share, 1.0 - share])
+            for suffix in devices:
+                ready, scheds = joint_latency(cost, pm, devices, owns, [1, 1], 0.0, suffix)
+                lat = _split_latency(profile, pm, ready, last, suffix)
+                if best is None or lat < best.latency_s:
+                    best = SplitChoice(first, last, axis, devices, [share, 1.0 - share], suffix, lat, scheds)
+    plan = build_hybrid_plan(profile, graph, cluster, pm, best, objective)
+    plan.strategy = "hybrid-grid"
+    return plan
 
 
 def _split_latency(profile: Profile, pm: PipelineModel, ready: float, last: int, suffix: int) -> float:
@@ -472,7 +512,7 @@ def build_hybrid_plan(
             )
         )
     plan = Plan(
-        strategy="hybrid",
+        strategy="hybrid",  # callers that use this builder for a baseline rename it
         objective=objective,
         model=profile.model,
         source=src,

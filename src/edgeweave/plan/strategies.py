@@ -27,11 +27,12 @@ def strategies() -> dict[str, Callable[[Profile, PipelineModel, str], Placement]
     return {**BASELINES, "pipeline": _pipeline}
 
 
-GRAPH_STRATEGIES = ("hybrid",)  # need the operator graph (locality analysis), not only the profile
+GRAPH_STRATEGIES = ("hybrid", "hybrid-grid")  # need the operator graph (locality analysis), not only the profile
 
 
-def make_plan(profile: Profile, cluster: Cluster, strategy: str, objective: str = "throughput",
-              graph: OpGraph | None = None) -> Plan:
+def make_plan(
+    profile: Profile, cluster: Cluster, strategy: str, objective: str = "throughput", graph: OpGraph | None = None
+) -> Plan:
     """Plan `profile` on `cluster` with `strategy`: a pure function of its inputs."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -39,13 +40,15 @@ def make_plan(profile: Profile, cluster: Cluster, strategy: str, objective: str 
     if strategy not in table and strategy not in GRAPH_STRATEGIES:
         names = sorted([*table, *GRAPH_STRATEGIES])
         raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(names)}")
-    if strategy == "hybrid":
-        from edgeweave.plan.hybrid import plan_hybrid
+    if strategy in GRAPH_STRATEGIES:
+        from edgeweave.plan.hybrid import plan_hybrid, plan_hybrid_grid
 
         if graph is None:
-            raise UserError("--strategy hybrid needs the model itself (it analyses which operators can be split): "
-                            "give MODEL, not only --profile")
-        return plan_hybrid(profile, graph, cluster, objective)
+            raise UserError(
+                f"--strategy {strategy} needs the model itself (it analyses which operators can be "
+                "split): give MODEL, not only --profile"
+            )
+        return (plan_hybrid if strategy == "hybrid" else plan_hybrid_grid)(profile, graph, cluster, objective)
     pm = PipelineModel.build(profile, cluster)
     placement = table[strategy](profile, pm, objective)
     return build_plan(profile, cluster, pm, placement, strategy, objective)
