@@ -51,8 +51,8 @@ def measure(plan, cluster, graph, weights, real: bool, requests: int) -> float:
     return result["single_latency_s"]
 
 
-def sweep(model: str, bandwidths: list[float], real: bool, requests: int) -> list[dict]:
-    _, graph, weights, profile = prepare(ModelChoice(model), None, None, False)
+def sweep(model: str, bandwidths: list[float], real: bool, requests: int, input_kind: str) -> list[dict]:
+    _, graph, weights, profile = prepare(ModelChoice(model, input_kind=input_kind), None, None, False)
     rows = []
     for mbps in bandwidths:
         cluster = cluster_at(mbps)
@@ -109,13 +109,19 @@ def main() -> None:
     parser.add_argument("--bandwidths", default="10,25,50,100,200")
     parser.add_argument("--real", action="store_true", help="execute every plan with the runtime")
     parser.add_argument("--requests", type=int, default=5)
+    parser.add_argument(
+        "--input",
+        default="float",
+        choices=["float", "uint8-image"],
+        help="uint8-image: every strategy sends camera pixels as bytes",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/hybrid_sweep"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models.split(","):
-        rows += sweep(model, [float(b) for b in args.bandwidths.split(",")], args.real, args.requests)
+        rows += sweep(model, [float(b) for b in args.bandwidths.split(",")], args.real, args.requests, args.input)
     plot(rows, args.out / "hybrid_sweep.png")
     (args.out / "hybrid_sweep.json").write_text(json.dumps(rows, indent=1))
     if args.json:

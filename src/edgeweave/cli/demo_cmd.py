@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeweave.cli.common import JsonOpt, ModelChoice, console, print_json
+from edgeweave.cli.common import InputKindOpt, JsonOpt, ModelChoice, console, print_json
 from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster, prepare
 from edgeweave.cli.plan_cmd import attach_prediction
 from edgeweave.cli.run_cmd import execute
@@ -21,6 +21,7 @@ DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline"]
 def demo(
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model to demonstrate.")] = "resnet18",
     cluster: ClusterOpt = None,
+    input_kind: InputKindOpt = "float",
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests per strategy.")] = 12,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the timeline pictures.")] = Path("out/demo"),
     cache_dir: CacheOpt = None,
@@ -38,7 +39,7 @@ def demo(
     the_cluster = load_cluster(cluster)
     if not json_out:
         print_cluster(the_cluster, console)
-    _, graph, weights, profile = prepare(ModelChoice(model), None, cache_dir, no_cache)
+    _, graph, weights, profile = prepare(ModelChoice(model, input_kind=input_kind), None, cache_dir, no_cache)
     rows = []
     for strategy in DEMO_STRATEGIES:
         plan = attach_prediction(make_plan(profile, the_cluster, strategy, "latency", graph), requests)

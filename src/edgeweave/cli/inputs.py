@@ -74,7 +74,7 @@ def prepare(choice, profile_path: Path | None, cache_dir, no_cache):
                 f"{spec.name} captures to; profile it with `edgeweave profile {choice.spec}`"
             )
         return spec, graph, weights, profile
-    key = profile_key(choice.spec, tuple(spec.input_shape), threads=1)
+    key = profile_key(choice.cache_name, tuple(spec.input_shape), threads=1)
     profile = cached_profile(key, None if no_cache else (cache_dir or DEFAULT_CACHE), measure)
     if [n.name for n in profile.nodes] != names:  # a stale cache entry (e.g. another torch): measure again
         profile = measure()

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from edgeweave.cli.common import (
     CheckpointOpt,
+    InputKindOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
@@ -51,6 +52,7 @@ def profile(
     model_opt: ModelOpt = None,
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
+    input_kind: InputKindOpt = "float",
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile JSON.")] = Path("profile.json"),
     warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed passes; each node's median is kept.")] = 5,
@@ -65,7 +67,7 @@ def profile(
     from edgeweave.cost.profiler import profile_graph
     from edgeweave.graph import capture
 
-    choice = model_choice(model, model_opt, input_shape, checkpoint)
+    choice = model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind)
     with err_console.status(f"building and capturing {choice.spec} ..."):
         spec = choice.load()
         start = time.perf_counter()

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgeweave.cli.common import (
     CheckpointOpt,
+    InputKindOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
@@ -76,6 +77,7 @@ def plan(
     model_opt: ModelOpt = None,
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
+    input_kind: InputKindOpt = "float",
     profile: ProfileOpt = None,
     cluster: ClusterOpt = None,
     strategy: StrategyOpt = "pipeline",
@@ -91,7 +93,7 @@ def plan(
     """Plan MODEL (or a --profile) on a cluster with one strategy and predict its latency and throughput."""
     from edgeweave.plan.strategies import make_plan
 
-    choice = model_choice(model, model_opt, input_shape, checkpoint, required=profile is None)
+    choice = model_choice(model, model_opt, input_shape, checkpoint, required=profile is None, input_kind=input_kind)
     the_cluster = load_cluster(cluster)
     graph = None
     if choice is not None:
