@@ -48,6 +48,8 @@ def make_inputs(graph: OpGraph, count: int, seed: int, vocab: int = 30522) -> li
         gen = torch.Generator().manual_seed(seed * 100_003 + k)
         if dtype.is_floating_point:
             out.append(torch.randn(graph.input_shape, generator=gen, dtype=dtype))
+        elif dtype == torch.uint8:  # camera pixels
+            out.append(torch.randint(0, 256, graph.input_shape, generator=gen, dtype=dtype))
         else:
             out.append(torch.randint(0, vocab, graph.input_shape, generator=gen, dtype=dtype))
     return out
