@@ -29,3 +29,46 @@ def zoo_graph():
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A small CNN split over devices a (source) and b: `.plan`, `.graph`, `.weights`, and
+    `.cluster(b={"address": ...})` for the two devices with extra fields.
+
+    b receives one activation from a and returns the output: a real two-stage pipeline that
+    deploys in a fraction of a second (the security and fuzz tests need a live worker, not a big model).
+    """
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from edgeweave.cost.cluster import Cluster
+    from edgeweave.cost.profiler import profile_graph
+    from edgeweave.graph import capture
+    from edgeweave.plan.strategies import make_plan
+
+    def cluster(**extra) -> Cluster:
+        devices = {d: {"speed": 1.0, "memory": "1GiB"} for d in ("a", "b")}
+        for name, fields in extra.items():
+            devices[name].update(fields)
+        return Cluster.from_dict(
+            {"source": "a", "devices": devices, "links": {"default": {"bandwidth": "10Gbps", "latency": "0ms"}}}
+        )
+
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    ).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph, weights = capture(module, x, "tiny")
+    profile = profile_graph(graph, weights, x, warmup=0, repeats=1)
+    plan = make_plan(profile, cluster(), "even", "throughput")
+    assert [s.device for s in plan.stages] == ["a", "b"]
+    return SimpleNamespace(cluster=cluster, plan=plan, graph=graph, weights=weights)

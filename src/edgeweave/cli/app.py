@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from edgeweave.cli import cluster_cmd, demo_cmd, model_cmd, plan_cmd, run_cmd, sim_cmd
+from edgeweave.cli import cluster_cmd, demo_cmd, keys_cmd, model_cmd, plan_cmd, run_cmd, sim_cmd
 from edgeweave.cli.common import err_console
 from edgeweave.errors import UserError
 
@@ -23,6 +23,7 @@ model_cmd.register(app)
 plan_cmd.register(app)
 sim_cmd.register(app)
 run_cmd.register(app)
+keys_cmd.register(app)
 demo_cmd.register(app)
 app.add_typer(cluster_cmd.app, name="cluster")
 

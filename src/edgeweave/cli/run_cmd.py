@@ -21,7 +21,7 @@ from edgeweave.cli.common import (
     model_choice,
     print_json,
 )
-from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster
+from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster, prepare
 from edgeweave.cli.plan_cmd import ObjectiveOpt, StrategyOpt, attach_prediction
 from edgeweave.errors import UserError
 
@@ -43,37 +43,15 @@ InflightOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", min=0.1, help="Seconds to wait for a worker.")]
-
-
-def prepare(choice, profile_path: Path | None, cache_dir, no_cache):
-    """Model, captured graph and weights, and a profile whose nodes are that graph's nodes."""
-    from edgeweave.cost.profile import Profile
-    from edgeweave.cost.profiler import profile_graph
-    from edgeweave.cost.store import DEFAULT_CACHE, cached_profile, profile_key
-    from edgeweave.graph import capture
-
-    with err_console.status(f"building and capturing {choice.spec} ..."):
-        spec = choice.load()
-        graph, weights = capture(spec.module, spec.example_input, spec.name)
-    names = [n.name for n in graph.nodes]
-
-    def measure() -> Profile:
-        with err_console.status(f"profiling {spec.name} (once; cached for later runs) ..."):
-            return profile_graph(graph, weights, spec.example_input, module=spec.module)
-
-    if profile_path is not None:
-        profile = Profile.load(profile_path)
-        if [n.name for n in profile.nodes] != names:
-            raise UserError(
-                f"{profile_path}: its {len(profile.nodes)} nodes are not the {len(names)} nodes "
-                f"{spec.name} captures to; profile it with `edgeweave profile {choice.spec}`"
-            )
-        return spec, graph, weights, profile
-    key = profile_key(choice.spec, tuple(spec.input_shape), threads=1)
-    profile = cached_profile(key, None if no_cache else (cache_dir or DEFAULT_CACHE), measure)
-    if [n.name for n in profile.nodes] != names:  # a stale cache entry (e.g. another torch): measure again
-        profile = measure()
-    return spec, graph, weights, profile
+KeysOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--keys",
+        help="Keys folder from `edgeweave keys`: every connection is then authenticated and encrypted (CURVE). "
+        "Required when a device has a non-loopback address.",
+        show_default=False,
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -105,6 +83,7 @@ def execute(
     max_inflight,
     connect_timeout,
     show_progress: bool,
+    keys: Path | None = None,
 ) -> dict[str, Any]:
     from edgeweave.runtime.measure import RunConfig, run_plan
     from edgeweave.runtime.session import SessionOptions
@@ -114,7 +93,7 @@ def execute(
         requests=requests,
         trace=out / f"{stem}-trace.json",
         timeline=out / f"{stem}-timeline.png",
-        options=SessionOptions(connect_timeout_s=connect_timeout, max_inflight=max_inflight, links=links),
+        options=SessionOptions(connect_timeout_s=connect_timeout, max_inflight=max_inflight, links=links, keys=keys),
     )
     with emulated_links(links, cluster, plan) as net:
         if not show_progress:
@@ -152,6 +131,7 @@ def run(
     out: OutDirOpt = Path("out/run"),
     max_inflight: InflightOpt = None,
     connect_timeout: TimeoutOpt = 5.0,
+    keys: KeysOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     json_out: JsonOpt = False,
@@ -174,6 +154,7 @@ def run(
         cache_dir,
         no_cache,
         json_out,
+        keys,
     )
     if json_out:
         print_json(results[0])
@@ -197,6 +178,7 @@ def bench(
     out: OutDirOpt = Path("out/bench"),
     max_inflight: InflightOpt = None,
     connect_timeout: TimeoutOpt = 5.0,
+    keys: KeysOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     json_out: JsonOpt = False,
@@ -220,6 +202,7 @@ def bench(
         cache_dir,
         no_cache,
         json_out,
+        keys,
     )
     if json_out:
         print_json(results)
@@ -244,6 +227,7 @@ def _bench(
     cache_dir,
     no_cache,
     quiet,
+    keys=None,
 ) -> list[dict[str, Any]]:
     from edgeweave.plan.strategies import make_plan
 
@@ -251,10 +235,14 @@ def _bench(
     the_cluster = load_cluster(cluster)
     if links not in ("shaper", "netns"):
         raise UserError(f"unknown --links {links!r}: use shaper or netns")
+    if keys is not None:  # a broken keys folder fails before minutes of capture and profiling
+        from edgeweave.runtime.security import COORDINATOR, load_keyring
+
+        load_keyring(keys, COORDINATOR)
     plans = []
     _, graph, weights, prof = prepare(choice, profile, cache_dir, no_cache)
     for name in names:  # plan everything first: a bad strategy name fails before anything starts
-        plans.append(attach_prediction(make_plan(prof, the_cluster, name, objective), requests, max_inflight))
+        plans.append(attach_prediction(make_plan(prof, the_cluster, name, objective, graph), requests, max_inflight))
     return [
         execute(
             p,
@@ -267,6 +255,7 @@ def _bench(
             max_inflight=max_inflight,
             connect_timeout=connect_timeout,
             show_progress=not quiet,
+            keys=keys,
         )
         for p in plans
     ]
@@ -355,22 +344,53 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
 
 def worker(
     listen: Annotated[
-        str, typer.Option("--listen", help="Where to accept the coordinator and peers, e.g. tcp://0.0.0.0:5555.")
+        str, typer.Option("--listen", help="Where to accept the coordinator and peers, e.g. tcp://10.0.0.2:5555.")
     ] = "tcp://127.0.0.1:5555",
     name: Annotated[str, typer.Option("--name", help="This device's name in the cluster YAML.")] = "worker",
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="Keys folder from `edgeweave keys` holding NAME.key_secret and the members' public keys: only "
+            "the coordinator and the other devices can connect, and everything is encrypted.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext without keys; allowed on loopback addresses only.")
+    ] = False,
+    max_frame_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-frame-bytes", min=1 << 20, help="Largest frame accepted (a device's weights travel in one frame)."
+        ),
+    ] = 2 << 30,
 ) -> None:
     """Serve one device: wait for a coordinator to deploy its part of a plan, then execute it."""
     import zmq
 
+    from edgeweave.runtime.security import check_listen
     from edgeweave.runtime.worker import serve
 
-    if "0.0.0.0" in listen or "://*" in listen:
+    check_listen(listen, keys, insecure)
+    if insecure:
         err_console.print(
-            "[yellow]warning:[/] listening on all interfaces: anyone who can reach this port can "
-            "deploy work here; prefer a specific address on a trusted network"
+            "[bold red]WARNING: --insecure: no authentication and no encryption.[/] Any process on this host "
+            "can deploy work here and read every tensor; use --keys outside a throw-away test"
+        )
+    if "0.0.0.0" in listen or "://*" in listen or "[::]" in listen:
+        err_console.print(
+            "[yellow]warning:[/] listening on all interfaces: only holders of the keys in "
+            f"{keys} can connect, but prefer a specific address on a trusted network"
         )
     try:
-        serve(listen, name, announce=lambda text: err_console.print(f"{name}: {text}"))
+        serve(
+            listen,
+            name,
+            announce=lambda text: err_console.print(f"{name}: {text}"),
+            keys=keys,
+            max_frame_bytes=max_frame_bytes,
+        )
     except zmq.ZMQError as exc:
         if exc.errno == zmq.EADDRINUSE:
             raise UserError(f"cannot listen on {listen}: the port is already in use") from exc

@@ -1,4 +1,5 @@
-"""`python -m edgeweave.runtime NAME ENDPOINT`: what `edgeweave run` starts for each local device."""
+"""`python -m edgeweave.runtime NAME ENDPOINT [--keys DIR] [--max-frame-bytes N]`: what `edgeweave run`
+starts for each local device."""
 
 import sys
 

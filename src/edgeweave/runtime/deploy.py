@@ -1,7 +1,9 @@
 """What each device needs of a plan: its tasks, the graph nodes they run, and only those weights.
 
 Shipping a device only its own part is the point: a MinnowBoard holding stage 3 of ViT-Huge
-never receives the other stages' 2 GB of weights.
+never receives the other stages' 2 GB of weights. A part also says what the device must receive
+(dtype and shape of every incoming value) and how large a frame may be, so that a worker can
+refuse anything else before reading it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from edgeweave.graph.opgraph import OpGraph
+from edgeweave.graph.opgraph import INPUT, OpGraph
 from edgeweave.plan.ir import Plan
+from edgeweave.runtime.protocol import CONTROL_HEADER_LIMIT, value_spec
 
 
 @dataclass
@@ -36,8 +39,38 @@ class DevicePart:
             "input_shape": graph.input_shape,
             "input_dtype": graph.input_dtype,
             "graph_len": len(graph.nodes),
+            "receives": self.receives(graph),
             **extra,
         }
+
+    def receives(self, graph: OpGraph) -> dict[str, list[dict[str, Any]]]:
+        """For each transfer into this device, the dtype and shape of every value it carries
+        (for a region transfer of a hybrid plan: of the band it carries)."""
+        bands = None
+        out = {}
+        for t in self.tasks:
+            if t["kind"] != "transfer" or t["dst"] != self.device:
+                continue
+            metas = [{"name": v, **_value_meta(graph, v)} for v in t["values"]]
+            if t.get("region") is not None:
+                from edgeweave.runtime.bands import BandContext
+
+                bands = bands or BandContext(graph)
+                _narrow_to_bands(metas, t["region"], bands)
+            out[t["id"]] = metas
+        return out
+
+    def largest_incoming(self, graph: OpGraph) -> int:
+        """Bytes of the largest tensor this device receives."""
+        return max((value_spec(**spec).nbytes for specs in self.receives(graph).values() for spec in specs), default=0)
+
+    def frame_limit(self, graph: OpGraph, weights: dict[str, torch.Tensor]) -> int:
+        """The largest frame this device should ever accept (libzmq's MAXMSGSIZE for its socket):
+        twice its largest incoming tensor, its weights (one safetensors frame) with room for the
+        safetensors header, and never below the deploy header's own limit."""
+        largest = self.largest_incoming(graph)
+        weight_bytes = sum(weights[k].numel() * weights[k].element_size() for k in self.weight_keys)
+        return max(2 * largest, weight_bytes + 256 * len(self.weight_keys) + (1 << 20), CONTROL_HEADER_LIMIT)
 
 
 def _node_dict(graph: OpGraph, i: int) -> dict[str, Any]:
@@ -51,6 +84,27 @@ def _node_dict(graph: OpGraph, i: int) -> dict[str, Any]:
         "weights": node.weights,
         "out_index": node.out_index,
     }
+
+
+def _value_meta(graph: OpGraph, name: str) -> dict[str, Any]:
+    if name == INPUT:
+        return {"dtype": graph.input_dtype, "shape": list(graph.input_shape)}
+    node = graph.nodes[graph.index()[name]]
+    if node.is_tuple:
+        raise ValueError(f"value {name!r} is a tuple of tensors and cannot be transferred")
+    return {"dtype": node.out_dtype, "shape": list(node.out_shape)}
+
+
+def _narrow_to_bands(metas: list[dict[str, Any]], region: dict[str, Any], bands: Any) -> None:
+    """A region transfer carries band [lo, hi) of each value along its split axis (see `bands.outgoing`)."""
+    from edgeweave.graph.regions import input_axis
+
+    seg = bands.segment(region)
+    for meta in metas:
+        name = meta["name"]
+        axis = input_axis(seg, name) if name in seg.inputs else seg.axis(name)
+        lo, hi = region["bands"][name]
+        meta["shape"][axis] = int(hi) - int(lo)
 
 
 def split_plan(plan: Plan, graph: OpGraph) -> dict[str, DevicePart]:

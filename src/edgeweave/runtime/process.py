@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeweave.errors import UserError
 
@@ -85,10 +86,21 @@ class PendingWorker:
         raise UserError(f"device {self.device}: worker did not start on {self.listen}: {reason}")
 
 
-def launch_worker(device: str, listen: str, prefix: list[str] | None = None) -> PendingWorker:
-    """Start `python -m edgeweave.runtime DEVICE LISTEN`; several can start at once."""
+def launch_worker(
+    device: str,
+    listen: str,
+    prefix: list[str] | None = None,
+    keys: Path | None = None,
+    max_frame_bytes: int | None = None,
+) -> PendingWorker:
+    """Start `python -m edgeweave.runtime DEVICE LISTEN [--keys DIR] [--max-frame-bytes N]`;
+    several can start at once."""
     log = tempfile.NamedTemporaryFile(prefix=f"edgeweave-{device}-", suffix=".log", delete=False)
     cmd = [*(prefix or []), sys.executable, "-m", "edgeweave.runtime", device, listen]
+    if keys is not None:
+        cmd += ["--keys", str(keys)]
+    if max_frame_bytes is not None:
+        cmd += ["--max-frame-bytes", str(max_frame_bytes)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env
@@ -103,11 +115,22 @@ def spawn_worker(device: str, listen: str, prefix: list[str] | None = None, time
 
 
 def worker_main(argv: list[str]) -> None:
-    """Entry of a worker process; SIGTERM ends it quietly."""
-    from edgeweave.runtime.worker import serve
+    """Entry of a worker process; SIGTERM ends it quietly.
 
-    if len(argv) != 2:
-        raise SystemExit("usage: python -m edgeweave.runtime DEVICE tcp://HOST:PORT")
+    The coordinator that starts it decides where it listens (loopback, or an emulated namespace
+    of this host) and whether it uses keys, so the listen policy of `edgeweave worker` is not
+    repeated here.
+    """
+    import argparse
+
+    from edgeweave.runtime.worker import DEFAULT_MAX_FRAME, serve
+
+    parser = argparse.ArgumentParser(prog="python -m edgeweave.runtime")
+    parser.add_argument("device")
+    parser.add_argument("listen", help="tcp://HOST:PORT")
+    parser.add_argument("--keys", type=Path, default=None)
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
     def announce(text: str) -> None:
@@ -115,7 +138,10 @@ def worker_main(argv: list[str]) -> None:
         sys.stdout.flush()
 
     try:
-        serve(argv[1], argv[0], announce=announce)
+        serve(args.listen, args.device, announce=announce, keys=args.keys, max_frame_bytes=args.max_frame_bytes)
+    except UserError as exc:  # e.g. a key file with loose permissions
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None
     except Exception as exc:  # e.g. the port is in use: one line on stderr, non-zero exit
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         raise SystemExit(2) from None

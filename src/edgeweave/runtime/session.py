@@ -8,14 +8,21 @@ It starts a local worker process for every device without an `address` (the embe
 default), connects to the others, ships each its part of the plan and only its weights, then
 admits requests through a bounded window so that nothing in the system grows without bound.
 Failures surface as one-line errors naming the device; nothing hangs and no process is orphaned.
+
+With `SessionOptions.keys` (a folder from `edgeweave keys`) every connection is CURVE: the
+coordinator's control sockets use the `coordinator` key pair, the source device's worker its own,
+and the local workers it starts get `--keys` too. Without keys everything stays plaintext, which
+is refused as soon as a device is reached at an address other than loopback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +35,18 @@ from edgeweave.plan.ir import Plan
 from edgeweave.runtime.deploy import split_plan, weights_blob
 from edgeweave.runtime.links import LinkSpec
 from edgeweave.runtime.process import LocalWorker, launch_worker
-from edgeweave.runtime.wire import pack, unpack
+from edgeweave.runtime.protocol import CONTROL_HEADER_LIMIT
+from edgeweave.runtime.security import (
+    COORDINATOR,
+    Keyring,
+    auth_failures,
+    curve_client,
+    is_loopback,
+    load_keyring,
+    start_authenticator,
+    stop_authenticator,
+)
+from edgeweave.runtime.wire import WireError, pack, unpack
 from edgeweave.runtime.worker import Worker
 
 
@@ -43,6 +61,8 @@ class _Remote:
     sock: zmq.Socket
     local: LocalWorker | None = None
     last_pong: float = field(default_factory=time.monotonic)
+    unanswered_since: float | None = None  # when the oldest ping still without a reply was sent
+    max_frame_bytes: int | None = None
 
 
 @dataclass
@@ -53,6 +73,7 @@ class SessionOptions:
     max_inflight: int | None = None
     links: str = "shaper"  # or "netns": the kernel shapes bandwidth, the application adds latency
     listen_host: str = "127.0.0.1"
+    keys: Path | None = None  # a folder from `edgeweave keys`: every connection is then CURVE
 
 
 class Session:
@@ -76,6 +97,7 @@ class Session:
         self.source: Worker | None = None
         self.submitted: dict[int, float] = {}
         self.pending: list = []
+        self.keys: Keyring | None = None  # the coordinator's key pair and the members' public keys
         try:
             self._start(weights)
         except BaseException:
@@ -86,16 +108,26 @@ class Session:
     def _start(self, weights: dict[str, torch.Tensor]) -> None:
         plan, opts = self.plan, self.options
         parts = split_plan(plan, self.graph)
+        source_keys = self._load_keys(parts)
         host = self.netns.address(plan.source) if self.netns else opts.listen_host
-        self.source = Worker(plan.source, f"tcp://{host}:*", self.ctx, on_result=self._on_result)
+        self.source = Worker(
+            plan.source,
+            f"tcp://{host}:*",
+            self.ctx,
+            on_result=self._on_result,
+            keyring=source_keys,
+            max_frame_bytes=parts[plan.source].frame_limit(self.graph, weights),
+            remote_control=False,
+        )
         self.source.start_background()
         endpoints = {plan.source: self.source.endpoint}
         pending = {}
-        for dev in parts:
+        for dev, part in parts.items():
             if dev != plan.source and self.cluster.devices[dev].address is None:
                 prefix = self.netns.exec_prefix(dev) if self.netns else None
                 host = self.netns.address(dev) if self.netns else opts.listen_host
-                pending[dev] = launch_worker(dev, f"tcp://{host}:*", prefix)
+                limit = part.frame_limit(self.graph, weights)
+                pending[dev] = launch_worker(dev, f"tcp://{host}:*", prefix, keys=opts.keys, max_frame_bytes=limit)
         self.pending = list(pending.values())  # stopped by close() if start-up fails half way
         for dev in parts:
             if dev == plan.source:
@@ -104,19 +136,11 @@ class Session:
             address = local.endpoint if local else self.cluster.devices[dev].address
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self._control_route(address))
+            if self.keys is not None:
+                curve_client(sock, self.keys, dev)
             self.remotes[dev] = _Remote(dev, address, sock, local)
             endpoints[dev] = address
-        for remote in self.remotes.values():
-            remote.sock.send_multipart(pack({"type": "hello"}))
-        for remote in self.remotes.values():
-            self._expect(
-                remote,
-                "hello",
-                opts.connect_timeout_s,
-                f"device {remote.device}: no worker answered at {remote.endpoint} within "
-                f"{opts.connect_timeout_s:g} s (is `edgeweave worker` running there?)",
-            )
+        self._greet()
         epoch = time.monotonic()
         for dev, part in parts.items():
             links = {
@@ -130,6 +154,7 @@ class Session:
                 "links": links,
                 "epoch": epoch,
                 "shape_bandwidth": opts.links != "netns",
+                "max_inflight": self.max_inflight,
             }
             msg = part.message(self.graph, plan, extra)
             blob = weights_blob(weights, part.weight_keys)
@@ -138,11 +163,71 @@ class Session:
                 continue
             remote = self.remotes[dev]
             frames = pack({**msg, "has_weights": bool(blob)})
+            self._check_fits(remote, len(frames[0]), max(len(frames[0]), len(blob), part.largest_incoming(self.graph)))
             remote.sock.send_multipart([*frames, blob] if blob else frames, copy=False)
         for remote in self.remotes.values():
             reply = self._expect(remote, "deployed", 120.0, f"device {remote.device}: deployment timed out")
             if reply.get("error"):
                 raise DeviceFailure(f"device {remote.device}: deployment failed: {reply['error']}")
+
+    def _load_keys(self, parts: dict[str, Any]) -> Keyring | None:
+        """The coordinator's and the source's keys; without keys, refuse any non-loopback device."""
+        opts = self.options
+        if opts.keys is None:
+            for dev in parts:
+                address = self.cluster.devices[dev].address
+                if dev != self.plan.source and address is not None and not is_loopback(address):
+                    raise UserError(
+                        f"device {dev} is reached at {address}, which is not a loopback address: refusing to "
+                        "send weights and data there unauthenticated and unencrypted; create the cluster's keys "
+                        "with `edgeweave keys --out DIR --cluster C.yaml`, start each worker with --keys DIR "
+                        "and run with --keys DIR"
+                    )
+            return None
+        self.keys = load_keyring(opts.keys, COORDINATOR)
+        for dev in parts:
+            self.keys.public_of(dev)  # every device's public key is there (a clear error if not)
+        source_keys = load_keyring(opts.keys, self.plan.source)
+        start_authenticator(self.ctx, source_keys)
+        return source_keys
+
+    def _greet(self) -> None:
+        """Connect to every remote worker and wait for its hello; with keys, a refused key is
+        reported as such rather than as a worker that is not there."""
+        opts = self.options
+        with contextlib.ExitStack() as stack:
+            monitors = {}
+            for remote in self.remotes.values():
+                if self.keys is not None:
+                    monitors[remote.device] = stack.enter_context(auth_failures(remote.sock))
+                remote.sock.connect(self._control_route(remote.endpoint))
+                remote.sock.send_multipart(pack({"type": "hello"}))
+            for remote in self.remotes.values():
+                hint = "is `edgeweave worker` running there?"
+                if self.keys is not None:
+                    hint = f"is `edgeweave worker --keys` running there, with the public keys of {self.keys.folder}?"
+                reply = self._expect(
+                    remote,
+                    "hello",
+                    opts.connect_timeout_s,
+                    f"device {remote.device}: no worker answered at {remote.endpoint} within "
+                    f"{opts.connect_timeout_s:g} s ({hint})",
+                    monitor=monitors.get(remote.device),
+                )
+                if type(reply.get("max_frame_bytes")) is int:
+                    remote.max_frame_bytes = reply["max_frame_bytes"]
+
+    def _check_fits(self, remote: _Remote, header_bytes: int, frame_bytes: int) -> None:
+        if header_bytes > CONTROL_HEADER_LIMIT:
+            raise UserError(
+                f"device {remote.device}: its deploy message has {header_bytes} bytes of graph, more than "
+                f"the {CONTROL_HEADER_LIMIT} a worker accepts; split the model over more devices"
+            )
+        if remote.max_frame_bytes is not None and frame_bytes > remote.max_frame_bytes:
+            raise UserError(
+                f"device {remote.device}: its worker accepts frames up to {remote.max_frame_bytes} bytes but "
+                f"this deployment sends {frame_bytes}; restart it with --max-frame-bytes {2 * frame_bytes}"
+            )
 
     def _control_route(self, address: str) -> str:
         """With network namespaces, control traffic (deployment included) leaves from an address
@@ -151,16 +236,44 @@ class Session:
             return address
         return f"tcp://{self.netns.control_address}:0;{address.removeprefix('tcp://')}"
 
-    def _expect(self, remote: _Remote, kind: str, timeout_s: float, message: str) -> dict[str, Any]:
+    def _expect(
+        self, remote: _Remote, kind: str, timeout_s: float, message: str, monitor: zmq.Socket | None = None
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_process(remote)
+            if monitor is not None and monitor.poll(0):
+                self._refused(remote, monitor)
             if remote.sock.poll(100):
-                header, _ = unpack(remote.sock.recv_multipart(copy=False))
+                header = self._receive(remote)
                 remote.last_pong = time.monotonic()
+                remote.unanswered_since = None
                 if header["type"] == kind:
                     return header
         raise DeviceFailure(message)
+
+    def _receive(self, remote: _Remote) -> dict[str, Any]:
+        """A reply from a worker; a malformed one ends the run naming the device, not with a traceback."""
+        try:
+            header, _ = unpack(remote.sock.recv_multipart(copy=False))
+        except WireError as exc:
+            raise DeviceFailure(f"device {remote.device} sent a malformed reply: {exc}") from None
+        return header
+
+    def _refused(self, remote: _Remote, monitor: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        event = recv_monitor_message(monitor)["event"]
+        keys = self.keys.folder if self.keys is not None else "the keys folder"
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise DeviceFailure(
+                f"device {remote.device}: the worker at {remote.endpoint} refused this coordinator's key "
+                f"(CURVE authentication failed): give that worker the public key {keys}/{COORDINATOR}.key"
+            )
+        raise DeviceFailure(
+            f"device {remote.device}: secure handshake with {remote.endpoint} failed: is that worker started "
+            f"with --keys, and is {keys}/{remote.device}.key its public key?"
+        )
 
     def _check_process(self, remote: _Remote) -> None:
         if remote.local is not None and remote.local.exit_code() is not None:
@@ -242,15 +355,20 @@ class Session:
         for remote in self.remotes.values():
             self._check_process(remote)
             while remote.sock.poll(0):
-                header, _ = unpack(remote.sock.recv_multipart(copy=False))
+                header = self._receive(remote)
                 remote.last_pong = now
+                remote.unanswered_since = None
                 if header.get("error"):
                     raise DeviceFailure(f"device {remote.device}: {header['error']}")
-            if now - remote.last_pong > self.options.dead_after_s:
+            # Dead means: a ping went unanswered for too long. Time spent idle between calls
+            # (no pings sent) says nothing about a device.
+            if remote.unanswered_since is not None and now - remote.unanswered_since > self.options.dead_after_s:
                 raise DeviceFailure(
                     f"device {remote.device} at {remote.endpoint} stopped answering "
-                    f"(no heartbeat for {now - remote.last_pong:.1f} s)"
+                    f"(no heartbeat for {now - remote.unanswered_since:.1f} s)"
                 )
+            if remote.unanswered_since is None:
+                remote.unanswered_since = now
             remote.sock.send_multipart(pack({"type": "ping"}))
 
     def latencies(self) -> dict[int, float]:
@@ -281,6 +399,7 @@ class Session:
             LocalWorker(p.device, p.proc, "", p.log_path).stop()
         if self.source is not None:
             self.source.stop()
+        stop_authenticator(self.ctx)
         self.ctx.destroy(linger=0)
 
     def __enter__(self) -> Session:

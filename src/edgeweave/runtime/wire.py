@@ -4,6 +4,9 @@ Tensors travel as their bytes (sent without copying) described in the header by 
 shape, so a receiver rebuilds them with `torch.frombuffer`. Nothing is ever unpickled,
 evaluated or imported from the network: a header is JSON, a tensor is bytes, weights are
 safetensors.
+
+`unpack` is the plain decoder the coordinator uses for its workers' replies. Workers, which
+serve peers they cannot fully trust, decode with the strict `protocol` module instead.
 """
 
 from __future__ import annotations

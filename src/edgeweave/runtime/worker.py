@@ -9,28 +9,58 @@ Threads, and why:
            through the link emulator (bandwidth, latency, bandwidth trace) and sends it.
 So request k+1 is received while k computes and k-1 is sent. Memory stays bounded because the
 coordinator admits a bounded number of requests and ZeroMQ's high-water marks block senders.
+
+What arrives is not trusted: `protocol` checks every message in full against the deployment
+before any tensor is built, `Admission` bounds the requests held per sender, libzmq's MAXMSGSIZE
+cuts oversized frames, and a bad message is dropped and counted (`dropped` in the pong) while the
+worker keeps serving everyone else. With keys (CURVE) only members connect, and deploy, collect
+and shutdown are accepted only from the coordinator's key. Without keys (loopback only) the
+coordinator is the first connection that said hello: later connections cannot take it over, so
+a plaintext worker serves one coordinator in its lifetime (restart it for another).
 """
 
 from __future__ import annotations
 
+import operator
 import queue
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import zmq
 
-from edgeweave.graph.execute import GraphRunner
+from edgeweave.graph.execute import GraphRunner, resolve_op
 from edgeweave.graph.opgraph import INPUT, OpGraph, OpNode
+from edgeweave.runtime.admission import Admission
 from edgeweave.runtime.deploy import load_weights_blob
 from edgeweave.runtime.links import LinkShaper, LinkSpec, wait_until
-from edgeweave.runtime.wire import WireError, header_of, pack, unpack
+from edgeweave.runtime.protocol import (
+    CONTROL,
+    CONTROL_HEADER_LIMIT,
+    COORDINATOR_ONLY,
+    DATA_HEADER_LIMIT,
+    Decoded,
+    Drop,
+    Incoming,
+    check_control,
+    decode_data,
+    frame_len,
+    parse_deploy,
+    parse_header,
+    value_spec,
+)
+from edgeweave.runtime.security import COORDINATOR, Keyring, curve_client, curve_server
+from edgeweave.runtime.wire import pack
 
 HWM = 16  # messages a socket queues before its sender blocks
+MAX_EVENTS = 100_000  # telemetry kept between two collects
+DEFAULT_MAX_FRAME = 2 << 30  # a hand-started worker's frame limit before it knows its deployment
 Result = Callable[[int, torch.Tensor], None]
 
 
@@ -48,15 +78,23 @@ class _Request:
 class Deployment:
     """One device's part of a plan, ready to run."""
 
-    def __init__(self, msg: dict[str, Any], blob: bytes):
+    def __init__(self, header: dict[str, Any], blob: bytes):
+        msg = parse_deploy(header).model_dump()
         self.device: str = msg["device"]
         self.source: str = msg["source"]
         self.output: str = msg["output"]
-        self.speed: float = float(msg.get("speed", 1.0))
+        self.speed: float = float(msg["speed"])
         self.tasks: list[dict[str, Any]] = msg["tasks"]
         self.order = {t["id"]: k for k, t in enumerate(self.tasks)}
         self.incoming = {t["id"] for t in self.tasks if t["kind"] == "transfer" and t["dst"] == self.device}
-        order = sorted(int(i) for i in msg["nodes"])
+        self.expect = self._expectations(msg["receives"])
+        self.admission = Admission(msg["max_inflight"], source=self.device == self.source)
+        self.max_frames = 1 + max((len(t.specs) for t in self.expect.values()), default=0)
+        self.max_data_bytes = DATA_HEADER_LIMIT + max((t.nbytes for t in self.expect.values()), default=0)
+        try:
+            order = sorted(int(i) for i in msg["nodes"])
+        except ValueError:
+            raise ValueError("node keys must be graph indices") from None
         self.local = {g: k for k, g in enumerate(order)}
         nodes = [_node(msg["nodes"][str(g)]) for g in order]
         graph = OpGraph(
@@ -74,10 +112,30 @@ class Deployment:
             ),
             None,
         )
-        self.links = {dst: LinkSpec.from_dict(spec) for dst, spec in msg.get("links", {}).items()}
-        self.peers: dict[str, str] = msg.get("peers", {})
-        self.shape_bandwidth: bool = msg.get("shape_bandwidth", True)
-        self.epoch: float = msg.get("epoch", time.monotonic())
+        self.links = {dst: LinkSpec.from_dict(spec) for dst, spec in msg["links"].items()}
+        self.peers: dict[str, str] = msg["peers"]
+        self.shape_bandwidth: bool = msg["shape_bandwidth"]
+        self.epoch: float = msg["epoch"] if msg["epoch"] is not None else time.monotonic()
+        for dst in {t["dst"] for t in self.tasks if t["kind"] == "transfer" and t["src"] == self.device}:
+            if dst not in self.peers or dst not in self.links:
+                raise ValueError(f"no endpoint or link given for peer {dst}")
+
+    def _expectations(self, receives: dict[str, list[dict[str, Any]]]) -> dict[str, Incoming]:
+        """What each incoming transfer must look like, from the deploy message's `receives`."""
+        expect = {}
+        for task in self.tasks:
+            if task["id"] not in self.incoming:
+                continue
+            specs = receives.get(task["id"])
+            if specs is None or [s["name"] for s in specs] != task["values"]:
+                raise ValueError(f"deploy message does not describe the values of incoming task {task['id']}")
+            values = tuple(value_spec(s["name"], s["dtype"], s["shape"]) for s in specs)
+            if any(d < 0 for v in values for d in v.shape):
+                raise ValueError(f"negative dimension in a value of task {task['id']}")
+            expect[task["id"]] = Incoming(
+                task["id"], task["src"], list(task["values"]), values, sum(v.nbytes for v in values)
+            )
+        return expect
 
     def _keep_sets(self) -> dict[str, set[str]]:
         """For each compute task, the values later tasks of this device still need."""
@@ -92,6 +150,9 @@ class Deployment:
 
 
 def _node(d: dict[str, Any]) -> OpNode:
+    fn = resolve_op(d["op"])  # a name looked up in torch.ops; nothing from the network is imported
+    if fn is not operator.getitem and not isinstance(fn, torch._ops.OpOverload):
+        raise ValueError(f"{d['op']!r} is not an operator")
     return OpNode(
         name=d["name"],
         op=d["op"],
@@ -110,24 +171,48 @@ def _node(d: dict[str, Any]) -> OpNode:
 
 class Worker:
     """Serves one device. In a worker process the receive loop runs in the main thread; the
-    source device's worker runs inside the coordinator's process (the robot's application)."""
+    source device's worker runs inside the coordinator's process (the robot's application).
 
-    def __init__(self, name: str, endpoint: str, ctx: zmq.Context | None = None, on_result: Result | None = None):
+    `keyring` makes the socket a CURVE server and every outgoing connection a CURVE client;
+    `max_frame_bytes` is libzmq's MAXMSGSIZE for the socket (fixed at bind, so the coordinator
+    passes a limit derived from the deployment when it starts the worker); `remote_control=False`
+    refuses deploy, collect and shutdown over the network (the source's worker is deployed in-process).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: str,
+        ctx: zmq.Context | None = None,
+        on_result: Result | None = None,
+        *,
+        keyring: Keyring | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME,
+        remote_control: bool = True,
+    ):
         self.name = name
         self.ctx = ctx or zmq.Context.instance()
+        self.keyring = keyring
+        self.max_frame_bytes = max_frame_bytes
+        self.remote_control = remote_control
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.RCVHWM, HWM)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        if keyring is not None:
+            curve_server(self.router, keyring)
         self.router.bind(endpoint)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.on_result = on_result
         self.deployment: Deployment | None = None
+        self.owner: bytes | None = None  # without keys: the connection that said hello first
         self.inbox: queue.Queue = queue.Queue()
         self.senders: dict[str, tuple[threading.Thread, queue.Queue]] = {}
         self.requests: dict[int, _Request] = {}
         self.events: list[dict[str, Any]] = []
         self.error: str | None = None
         self.dropped = 0
+        self.drops: Counter[str] = Counter()
         self.stopping = threading.Event()
         self.compute_thread: threading.Thread | None = None
         self.recv_thread: threading.Thread | None = None
@@ -144,7 +229,16 @@ class Worker:
             if not poller.poll(100):
                 continue
             frames = self.router.recv_multipart(copy=False)
-            self._handle(frames[0].bytes, frames[1:])
+            try:
+                self._handle(frames[0].bytes, frames[1:])
+            except Drop as exc:
+                self.dropped += 1
+                self.drops[exc.reason] += 1
+            except Exception:  # a bug must not take the device down for everyone: count it, say it
+                self.dropped += 1
+                self.drops["internal error"] += 1
+                if self.drops["internal error"] <= 3:
+                    traceback.print_exc()
         self._stop_threads()
         self.router.close(0)
 
@@ -157,21 +251,54 @@ class Worker:
     def _reply(self, peer: bytes, header: dict[str, Any], tensors=()) -> None:
         self.router.send_multipart([peer, *pack(header, tensors)], copy=False)
 
-    def _handle(self, peer: bytes, frames: list[Any]) -> None:
+    def _sender(self, frames: list[Any]) -> str | None:
+        """The member who sent a message, from its CURVE-authenticated ZAP User-Id (None without keys)."""
+        if self.keyring is None:
+            return None
         try:
-            if not frames:
-                raise WireError("empty message")
-            header = header_of(frames[0])
-            # A deploy message carries its weights as one safetensors frame, not as tensors.
-            tensors = unpack(frames)[1] if header["type"] == "data" else []
-        except WireError:
-            self.dropped += 1
-            return
+            member = self.keyring.member(frames[0].get("User-Id"))
+        except (zmq.ZMQError, AttributeError):
+            member = None
+        if member is None:  # cannot happen behind the ZAP handler; refuse rather than assume
+            raise Drop("not a member", "message without an authenticated member key")
+        return member
+
+    def _from_coordinator(self, peer: bytes, sender: str | None) -> bool:
+        if not self.remote_control:
+            return False
+        if self.keyring is not None:
+            return sender == COORDINATOR
+        return peer == self.owner
+
+    def _handle(self, peer: bytes, frames: list[Any]) -> None:
+        """Check a message in full (see `protocol`), then act on it; raises Drop to drop it."""
+        if not frames:
+            raise Drop("schema", "empty message")
+        sender = self._sender(frames)
+        coordinator = self._from_coordinator(peer, sender)
+        dep = self.deployment
+        if not coordinator:  # only the coordinator sends large or many-framed messages
+            max_frames = max(2, dep.max_frames if dep else 1)
+            if len(frames) > max_frames:
+                raise Drop("too large", f"{len(frames)} frames")
+            limit = dep.max_data_bytes if dep else DATA_HEADER_LIMIT
+            if sum(frame_len(f) for f in frames) > limit:
+                raise Drop("too large", "message exceeds the deployment's largest")
+        header = parse_header(frames[0], CONTROL_HEADER_LIMIT if coordinator else DATA_HEADER_LIMIT)
         kind = header["type"]
         if kind == "data":
-            self._on_data(header, tensors)
-        elif kind == "hello":
-            self._reply(peer, {"type": "hello", "device": self.name})
+            if dep is None:
+                raise Drop("not deployed", "data before deployment")
+            self._on_data(decode_data(header, frames, dep.expect, dep.admission, sender))
+            return
+        if kind in COORDINATOR_ONLY and not coordinator:
+            raise Drop("not coordinator", f"{kind} from a peer that is not the coordinator")
+        if kind in CONTROL:
+            check_control(header, frames)
+        if kind == "hello":
+            if self.keyring is None and self.owner is None and self.remote_control:
+                self.owner = peer
+            self._reply(peer, {"type": "hello", "device": self.name, "max_frame_bytes": self.max_frame_bytes})
         elif kind == "ping":
             self._reply(
                 peer,
@@ -180,29 +307,38 @@ class Worker:
                     "device": self.name,
                     "error": self.error,
                     "dropped": self.dropped,
+                    "drops": dict(self.drops),
                     "active": len(self.requests),
                 },
             )
         elif kind == "deploy":
-            try:
-                blob = frames[1].bytes if header.get("has_weights") and len(frames) > 1 else b""
-                self.deploy(header, blob)
-                self._reply(peer, {"type": "deployed", "device": self.name})
-            except Exception as exc:  # report, do not die: the coordinator says what went wrong
-                self._reply(peer, {"type": "deployed", "device": self.name, "error": f"{type(exc).__name__}: {exc}"})
+            self._on_deploy(peer, header, frames)
         elif kind == "collect":
             self._reply(peer, {"type": "events", "device": self.name, "events": self.events, "error": self.error})
             self.events = []
         elif kind == "shutdown":
             self._reply(peer, {"type": "bye", "device": self.name})
             self.stopping.set()
-        else:
-            self.dropped += 1
+
+    def _on_deploy(self, peer: bytes, header: dict[str, Any], frames: list[Any]) -> None:
+        try:
+            has_weights = header.get("has_weights") is True
+            if len(frames) != 1 + has_weights:
+                raise ValueError(f"deploy message has {len(frames)} frames; has_weights is {has_weights}")
+            self.deploy(header, frames[1].bytes if has_weights else b"")
+            self._reply(peer, {"type": "deployed", "device": self.name})
+        except Exception as exc:  # report, do not die: the coordinator says what went wrong
+            self._reply(peer, {"type": "deployed", "device": self.name, "error": f"{type(exc).__name__}: {exc}"})
 
     def deploy(self, msg: dict[str, Any], blob: bytes) -> None:
         """Install a (new) deployment: stop the old one's threads, load only the shipped weights."""
+        deployment = Deployment(msg, blob)  # validates everything before the old one is stopped
+        if self.keyring is not None:
+            for dst in deployment.peers:
+                if dst != self.name:
+                    self.keyring.public_of(dst)
         self._stop_threads()
-        self.deployment = Deployment(msg, blob)
+        self.deployment = deployment
         self.requests.clear()
         self.events = []
         self.error = None
@@ -228,30 +364,28 @@ class Worker:
     # -- data path ---------------------------------------------------------------------------
     def submit(self, request: int, x: torch.Tensor) -> None:
         """Start a request on the source device (called in the coordinator's process)."""
+        self.deployment.admission.start(request)
         self.inbox.put(("start", request, {INPUT: x}, None))
 
-    def _on_data(self, header: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+    def _on_data(self, data: Decoded) -> None:
         dep = self.deployment
-        task, names = header.get("task"), header.get("values")
-        if dep is None or task not in dep.incoming or not isinstance(names, list) or len(names) != len(tensors):
-            self.dropped += 1
-            return
+        header, task = data.header, data.task.task
         arrived = time.time()
-        self.events.append(
-            {
-                "resource": f"link:{header.get('src')}->{self.name}",
-                "request": header["request"],
-                "task": task,
-                "start": header.get("t_start", arrived),
-                "end": arrived,
-                "kind": "transfer",
-                "bytes": int(header.get("bytes", 0)),
-            }
-        )
-        values = dict(zip(names, tensors, strict=True))
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(
+                {
+                    "resource": f"link:{header['src']}->{self.name}",
+                    "request": data.request,
+                    "task": task,
+                    "start": header["t_start"],
+                    "end": arrived,
+                    "kind": "transfer",
+                    "bytes": header["bytes"],
+                }
+            )
         if task == dep.output_transfer and self.on_result is not None:
-            self.on_result(int(header["request"]), values[dep.output])
-        self.inbox.put(("recv", int(header["request"]), values, task))
+            self.on_result(data.request, data.values[dep.output])
+        self.inbox.put(("recv", data.request, data.values, task))
 
     def _compute_loop(self) -> None:
         try:
@@ -292,6 +426,7 @@ class Worker:
         if dep.device == dep.source and self.on_result is not None and dep.output_transfer is None:
             self.on_result(request, state.env[dep.output])
         del self.requests[request]
+        dep.admission.finish(request)
 
     def _run(self, task: dict[str, Any], request: int, state: _Request) -> None:
         dep = self.deployment
@@ -305,6 +440,8 @@ class Worker:
         if dep.speed < 1.0:  # emulate a slower device: take as long as the plan says it takes there
             wait_until(start + max(elapsed, float(task["time_s"])))
         end = time.monotonic()
+        if len(self.events) >= MAX_EVENTS:
+            return
         self.events.append(
             {
                 "resource": f"dev:{self.name}",
@@ -324,6 +461,8 @@ class Worker:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, HWM)
+        if self.keyring is not None:
+            curve_client(sock, self.keyring, dst)
         sock.connect(dep.peers[dst])
         shaper = LinkShaper(dep.links[dst], dep.epoch, shape_bandwidth=dep.shape_bandwidth)
         try:
@@ -353,9 +492,26 @@ class Worker:
             sock.close(0)
 
 
-def serve(listen: str, name: str, announce: Callable[[str], None] = print) -> None:
-    """Run a worker process until told to shut down; announces its bound endpoint first."""
+def serve(
+    listen: str,
+    name: str,
+    announce: Callable[[str], None] = print,
+    keys: Path | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME,
+) -> None:
+    """Run a worker process until told to shut down; announces its bound endpoint first.
+
+    With `keys`, the worker loads its own secret key (`keys/NAME.key_secret`) and admits only
+    the members whose public keys are in that folder.
+    """
+    from edgeweave.runtime.security import load_keyring, stop_authenticator
+
     torch.set_num_threads(1)
-    worker = Worker(name, listen)
-    announce(f"READY {worker.endpoint}")
-    worker.serve_forever()
+    keyring = load_keyring(keys, name) if keys is not None else None
+    ctx = zmq.Context.instance()
+    try:
+        worker = Worker(name, listen, ctx, keyring=keyring, max_frame_bytes=max_frame_bytes)
+        announce(f"READY {worker.endpoint}")
+        worker.serve_forever()
+    finally:
+        stop_authenticator(ctx)

@@ -1,0 +1,253 @@
+"""The strict frame decoder: every message is checked in full before any tensor buffer is touched.
+
+A worker serves peers it cannot fully trust (a buggy or compromised device holds a valid key),
+so a message is accepted only when all of this holds, checked in this order, cheapest first:
+
+  size       frame count, header bytes and total bytes within limits (libzmq's MAXMSGSIZE already
+             cut any single frame above the deployment's limit on the way in);
+  JSON       the header is a JSON object of this protocol version with a known `type`;
+  schema     exactly the fields of that type, each of exactly its JSON type (no bool for an int,
+             no float for a shape entry);
+  plan       data: a task this device receives, from that task's source device (the CURVE-
+             authenticated sender when keys are in use), carrying exactly that task's values with
+             exactly the dtype, shape and byte length the deployment expects, in frames of exactly
+             that length;
+  window     the request id is admitted by `Admission` (no replay, not absurdly far ahead, within
+             the sender's in-flight cap).
+
+Only then are tensors built, from the EXPECTED dtype and shape (never from what the header
+claims) as zero-copy views of the frames. Nothing is unpickled, evaluated or imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edgeweave.graph.opgraph import dtype_from_name
+from edgeweave.plan.ir import Task
+from edgeweave.runtime.admission import Admission, Refused
+from edgeweave.runtime.wire import PROTOCOL, WireError
+
+DATA_HEADER_LIMIT = 64 << 10  # any header that is not the coordinator's
+CONTROL_HEADER_LIMIT = 16 << 20  # a deploy header lists the device's graph nodes
+CONTROL = frozenset({"hello", "ping", "collect", "shutdown"})
+COORDINATOR_ONLY = frozenset({"deploy", "collect", "shutdown"})
+KNOWN = CONTROL | {"data", "deploy"}
+_DATA_FIELDS = frozenset({"v", "type", "request", "task", "values", "src", "t_start", "bytes", "tensors"})
+_CONTROL_FIELDS = frozenset({"v", "type", "tensors"})
+_MAX_REQUEST = 1 << 62
+
+
+class Drop(WireError):
+    """A message the worker drops and counts; `reason` is a short category for the counters."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+def frame_len(frame: Any) -> int:
+    return len(frame.buffer) if hasattr(frame, "buffer") else len(frame)
+
+
+def parse_header(frame: Any, limit: int) -> dict[str, Any]:
+    """The header frame as a JSON object of this protocol version with a known type."""
+    if frame_len(frame) > limit:
+        raise Drop("too large", f"header of {frame_len(frame)} bytes exceeds {limit}")
+    raw = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, too deep, a 5000-digit number
+        raise Drop("not json", f"header is not JSON: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise Drop("schema", "header is not a JSON object")
+    if header.get("v") != PROTOCOL or type(header.get("v")) is not int:
+        raise Drop("schema", "not this protocol version")
+    kind = header.get("type")
+    if type(kind) is not str or kind not in KNOWN:
+        raise Drop("unknown type", f"unknown message type {str(kind)[:40]!r}")
+    return header
+
+
+def check_control(header: dict[str, Any], frames: list[Any]) -> None:
+    """hello, ping, collect and shutdown carry nothing but their type."""
+    if header.keys() != _CONTROL_FIELDS or header["tensors"] != [] or len(frames) != 1:
+        raise Drop("schema", f"malformed {header['type']} message")
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equality that also requires equal JSON types (1.0 and True are not 1)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    return a == b
+
+
+# -- what a deployment expects ---------------------------------------------------------------
+@dataclass(frozen=True)
+class ValueSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+    meta: dict[str, Any]  # the tensor description a correct sender writes, for exact comparison
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A transfer this device receives, as the deployment says it must look."""
+
+    task: str
+    src: str
+    names: list[str]
+    specs: tuple[ValueSpec, ...]
+    nbytes: int
+
+
+def value_spec(name: str, dtype: str, shape: list[int]) -> ValueSpec:
+    torch_dtype = dtype_from_name(dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=torch_dtype).element_size()
+    return ValueSpec(name, torch_dtype, tuple(shape), nbytes, {"dtype": dtype, "shape": list(shape), "nbytes": nbytes})
+
+
+@dataclass
+class Decoded:
+    request: int
+    task: Incoming
+    values: dict[str, torch.Tensor]
+    header: dict[str, Any]
+
+
+def decode_data(
+    header: dict[str, Any],
+    frames: list[Any],
+    incoming: dict[str, Incoming],
+    admission: Admission,
+    sender: str | None,
+) -> Decoded:
+    """A data message checked against the deployment, then admitted; raises Drop otherwise.
+
+    `sender` is the CURVE-authenticated member that sent it (None without keys).
+    """
+    if header.keys() != _DATA_FIELDS:
+        raise Drop("schema", "data header has the wrong fields")
+    request, task_id, names, src = header["request"], header["task"], header["values"], header["src"]
+    if type(request) is not int or not 0 <= request < _MAX_REQUEST:
+        raise Drop("schema", "request id is not a sane integer")
+    if type(task_id) is not str or type(src) is not str or type(header["bytes"]) is not int:
+        raise Drop("schema", "task, src or bytes has the wrong type")
+    t_start = header["t_start"]
+    if type(t_start) not in (int, float) or not math.isfinite(t_start):
+        raise Drop("schema", "t_start is not a finite number")
+    task = incoming.get(task_id)
+    if task is None:
+        raise Drop("unknown task", "this device receives no such task")
+    if src != task.src or (sender is not None and sender != task.src):
+        raise Drop("wrong sender", f"task {task_id} comes from {task.src}")
+    if not same_json(names, task.names):
+        raise Drop("wrong values", f"task {task_id} carries {task.names}")
+    metas = header["tensors"]
+    if type(metas) is not list or len(metas) != len(task.specs) or len(frames) != 1 + len(task.specs):
+        raise Drop("wrong tensors", f"task {task_id} carries {len(task.specs)} tensors")
+    for meta, spec, frame in zip(metas, task.specs, frames[1:], strict=True):
+        if not same_json(meta, spec.meta):
+            raise Drop("wrong tensors", f"{spec.name} must be {spec.meta}")
+        if frame_len(frame) != spec.nbytes:
+            raise Drop("wrong tensors", f"{spec.name}: frame has {frame_len(frame)} bytes, not {spec.nbytes}")
+    if header["bytes"] != task.nbytes:
+        raise Drop("wrong tensors", "byte count disagrees")
+    try:
+        admission.admit(request, task_id, src)
+    except Refused as exc:
+        raise Drop(exc.reason, str(exc)) from None
+    values = {spec.name: _view(spec, frame) for spec, frame in zip(task.specs, frames[1:], strict=True)}
+    return Decoded(request, task, values, header)
+
+
+def _view(spec: ValueSpec, frame: Any) -> torch.Tensor:
+    """A tensor over the received frame's bytes (no copy), shaped as the deployment expects."""
+    if spec.nbytes == 0:
+        return torch.empty(spec.shape, dtype=spec.dtype)
+    buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+    with warnings.catch_warnings():
+        # Received frames are read-only; the graph is functional, so no op writes into its inputs.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=torch.uint8).view(spec.dtype).reshape(spec.shape)
+
+
+# -- the deploy message ----------------------------------------------------------------------
+_OP = re.compile(r"^(getitem|[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SpecMsg(_Strict):
+    name: str
+    dtype: str
+    shape: list[int] = Field(max_length=16)
+
+
+class NodeMsg(_Strict):
+    name: str
+    op: str = Field(pattern=_OP.pattern)
+    args: list[Any]
+    kwargs: dict[str, Any]
+    inputs: list[str]
+    weights: list[str]
+    out_index: int | None = None
+
+
+class DeployMsg(_Strict):
+    """The JSON part of a deploy message (its weights travel beside it as safetensors bytes)."""
+
+    v: Literal[1] = 1
+    type: Literal["deploy"]
+    tensors: list[Any] = Field(default_factory=list, max_length=0)
+    has_weights: bool = False
+    device: str
+    source: str
+    output: str
+    model: str
+    tasks: list[dict[str, Any]]
+    nodes: dict[str, NodeMsg]
+    input_shape: list[int]
+    input_dtype: str
+    graph_len: int = Field(ge=0)
+    receives: dict[str, list[SpecMsg]]
+    max_inflight: int = Field(ge=1, le=1 << 16)
+    speed: float = Field(default=1.0, gt=0)
+    peers: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    epoch: float | None = None
+    shape_bandwidth: bool = True
+
+
+_TASKS = TypeAdapter(list[Task])
+
+
+def parse_deploy(header: dict[str, Any]) -> DeployMsg:
+    """The deploy header, validated; a ValueError says what is wrong (reported to the coordinator)."""
+    try:
+        msg = DeployMsg.model_validate(header)
+        _TASKS.validate_python(msg.tasks)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"malformed deploy message: {where}: {err['msg']}") from None
+    for node in msg.nodes.values():
+        if any(part.startswith("__") for part in node.op.split(".")):
+            raise ValueError(f"malformed deploy message: operator {node.op!r}")
+    return msg

@@ -1,0 +1,337 @@
+"""Only members join: CURVE keys, refused strangers, private key files, no plaintext off loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import zmq
+from typer.testing import CliRunner
+
+from edgeweave.cli import app
+from edgeweave.errors import UserError
+from edgeweave.graph import GraphRunner
+from edgeweave.runtime.measure import RunConfig, make_inputs, run_plan
+from edgeweave.runtime.security import (
+    check_listen,
+    create_keys,
+    curve_client,
+    is_loopback,
+    load_keyring,
+    stop_authenticator,
+)
+from edgeweave.runtime.session import DeviceFailure, Session, SessionOptions
+from edgeweave.runtime.wire import pack, unpack
+from edgeweave.runtime.worker import Worker
+
+CLI = [sys.executable, "-c", "from edgeweave.cli import main; main()"]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> Path:
+    folder = tmp_path / "keys"
+    create_keys(folder, ["coordinator", "a", "b"])
+    return folder
+
+
+class LiveWorker:
+    """An in-process worker serving in a background thread, with its own zmq context."""
+
+    def __init__(self, name: str, keyring=None):
+        self.ctx = zmq.Context()
+        self.worker = Worker(name, "tcp://127.0.0.1:*", self.ctx, keyring=keyring)
+        self.worker.start_background()
+
+    def close(self) -> None:
+        self.worker.stop()
+        stop_authenticator(self.ctx)
+        self.ctx.destroy(0)
+
+
+def ask(sock: zmq.Socket, header: dict, timeout_ms: int = 1000) -> dict | None:
+    """Send a message and return the reply header, or None when nothing answers in time."""
+    sock.send_multipart(pack(header))
+    if not sock.poll(timeout_ms):
+        return None
+    return unpack(sock.recv_multipart())[0]
+
+
+# -- key files -------------------------------------------------------------------------------
+def test_keys_command_creates_private_pairs_and_keeps_existing_ones(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster-keys"
+    runner = CliRunner()
+    result = runner.invoke(app, ["keys", "--out", str(folder), "--devices", "robot,server", "--json"])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)["keys"]
+    assert [k["name"] for k in made] == ["coordinator", "robot", "server"] and all(k["created"] for k in made)
+    assert mode(folder) == 0o700
+    for entry in made:
+        secret, public = Path(entry["secret"]), Path(entry["public"])
+        assert "secret" in secret.name and mode(secret) == 0o600
+        assert public.exists() and "secret-key" not in public.read_text()
+    before = (folder / "robot.key_secret").read_text()
+    again = json.loads(runner.invoke(app, ["keys", "--out", str(folder), "--devices", "robot", "--json"]).stdout)
+    assert [k["created"] for k in again["keys"]] == [False, False]
+    assert (folder / "robot.key_secret").read_text() == before
+    ring = load_keyring(folder, "server")
+    assert sorted(ring.members.values()) == ["coordinator", "robot", "server"]
+
+
+def test_keys_for_the_devices_of_a_cluster_file(tmp_path: Path) -> None:
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(
+        "source: r\ndevices:\n  r: {speed: 1, memory: 1GiB}\n  s: {speed: 1, memory: 1GiB}\n"
+        "links:\n  default: {bandwidth: 1Gbps, latency: 1ms}\n"
+    )
+    result = CliRunner().invoke(app, ["keys", "--out", str(tmp_path / "k"), "--cluster", str(cluster), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [k["name"] for k in json.loads(result.stdout)["keys"]] == ["coordinator", "r", "s"]
+
+
+def test_a_loosened_secret_key_is_refused_naming_the_file(keys: Path) -> None:
+    secret = keys / "b.key_secret"
+    os.chmod(secret, 0o644)
+    with pytest.raises(UserError, match=rf"{secret}: refusing keys with loose permissions \(mode 0644"):
+        load_keyring(keys, "b")
+    proc = subprocess.run(
+        [*CLI, "worker", "--name", "b", "--keys", str(keys), "--listen", f"tcp://127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "loose permissions" in proc.stderr and "b.key_secret" in proc.stderr
+
+
+def test_missing_and_malformed_keys_are_one_line_errors_naming_the_file(keys: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such keys folder"):
+        load_keyring(tmp_path / "nowhere", "b")
+    with pytest.raises(UserError, match=r"c\.key_secret: missing secret key"):
+        load_keyring(keys, "c")
+    (keys / "x.key").write_text('curve\n    public-key = "not-a-key"\n')
+    with pytest.raises(UserError, match=r"x\.key: malformed key file"):
+        load_keyring(keys, "b")
+    (keys / "x.key").unlink()
+    (keys / "y.key").mkdir()  # a folder where a key file should be: unreadable
+    with pytest.raises(UserError, match=r"y\.key: (cannot read|malformed)"):
+        load_keyring(keys, "b")
+    (keys / "y.key").rmdir()
+    other = create_keys(tmp_path / "other", ["b"])[0]
+    shutil.copy(other["public"], keys / "b.key")  # public key of another pair
+    with pytest.raises(UserError, match=r"b\.key: missing or not b's public key"):
+        load_keyring(keys, "b")
+
+
+# -- where plaintext is allowed --------------------------------------------------------------
+def test_plaintext_only_on_loopback() -> None:
+    assert is_loopback("tcp://127.0.0.1:5555") and is_loopback("tcp://localhost:1") and is_loopback("tcp://[::1]:1")
+    assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://10.0.0.2:5555")
+    assert not is_loopback("tcp://*:5555") and not is_loopback("tcp://eth0:5555")
+    check_listen("tcp://127.0.0.1:5555", None, insecure=False)
+    check_listen("tcp://127.0.0.1:5555", None, insecure=True)
+    check_listen("tcp://0.0.0.0:5555", Path("k"), insecure=False)
+    with pytest.raises(UserError, match="refusing to listen on tcp://0.0.0.0:5555 without --keys"):
+        check_listen("tcp://0.0.0.0:5555", None, insecure=False)
+    with pytest.raises(UserError, match="--insecure is only allowed on loopback"):
+        check_listen("tcp://10.0.0.2:5555", None, insecure=True)
+
+
+def test_worker_command_refuses_insecure_on_a_network_address() -> None:
+    proc = subprocess.run(
+        [*CLI, "worker", "--name", "b", "--insecure", "--listen", "tcp://0.0.0.0:5555"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--insecure is only allowed on loopback" in proc.stderr
+
+
+def test_a_session_refuses_a_network_device_without_keys(tiny) -> None:
+    cluster = tiny.cluster(b={"address": "tcp://10.1.2.3:5555"})
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"device b is reached at tcp://10\.1\.2\.3:5555.*`edgeweave keys"):
+        Session(cluster, tiny.plan, tiny.graph, tiny.weights)
+    assert time.monotonic() - start < 5
+
+
+# -- who may talk to a secured worker --------------------------------------------------------
+def test_plaintext_and_unknown_keys_get_no_answer_but_members_do(keys: Path, tmp_path: Path) -> None:
+    live = LiveWorker("b", load_keyring(keys, "b"))
+    ctx = zmq.Context()
+    try:
+        plain = ctx.socket(zmq.DEALER)
+        plain.connect(live.worker.endpoint)
+        assert ask(plain, {"type": "hello"}) is None
+
+        stranger_keys = tmp_path / "stranger"
+        create_keys(stranger_keys, ["coordinator"])
+        shutil.copy(keys / "b.key", stranger_keys / "b.key")  # it knows b's public key, b does not know it
+        stranger = ctx.socket(zmq.DEALER)
+        curve_client(stranger, load_keyring(stranger_keys, "coordinator"), "b")
+        stranger.connect(live.worker.endpoint)
+        assert ask(stranger, {"type": "hello"}) is None
+
+        member = ctx.socket(zmq.DEALER)
+        curve_client(member, load_keyring(keys, "a"), "b")
+        member.connect(live.worker.endpoint)
+        assert ask(member, {"type": "hello"}, 5000)["device"] == "b"
+        # A member that is not the coordinator cannot stop (or deploy to) the worker.
+        member.send_multipart(pack({"type": "shutdown"}))
+        pong = ask(member, {"type": "ping"}, 5000)
+        assert pong["dropped"] == 1 and pong["drops"] == {"not coordinator": 1}
+        assert not live.worker.stopping.is_set()
+        for sock in (plain, stranger, member):
+            sock.close(0)
+    finally:
+        ctx.destroy(0)
+        live.close()
+
+
+def test_without_keys_the_first_hello_owns_the_worker() -> None:
+    live = LiveWorker("b")
+    ctx = zmq.Context()
+    try:
+        owner, other = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        for sock in (owner, other):
+            sock.connect(live.worker.endpoint)
+        assert ask(owner, {"type": "hello"}, 5000)["device"] == "b"
+        assert ask(other, {"type": "hello"}, 5000)["device"] == "b"
+        other.send_multipart(pack({"type": "shutdown"}))
+        other.send_multipart(pack({"type": "collect"}))
+        assert ask(other, {"type": "ping"}, 5000)["dropped"] == 2
+        assert ask(owner, {"type": "shutdown"}, 5000)["type"] == "bye"
+        for sock in (owner, other):
+            sock.close(0)
+    finally:
+        ctx.destroy(0)
+        live.close()
+
+
+def test_a_worker_refuses_a_coordinator_with_an_unknown_key(tiny, keys: Path, tmp_path: Path) -> None:
+    live = LiveWorker("b", load_keyring(keys, "b"))
+    impostor = tmp_path / "impostor"
+    shutil.copytree(keys, impostor)
+    for f in impostor.glob("coordinator.*"):
+        f.unlink()
+    create_keys(impostor, ["coordinator"])  # a coordinator key that worker b has never seen
+    try:
+        cluster = tiny.cluster(b={"address": live.worker.endpoint})
+        start = time.monotonic()
+        with pytest.raises(DeviceFailure, match=r"device b: the worker at .* refused this coordinator's key"):
+            Session(cluster, tiny.plan, tiny.graph, tiny.weights, SessionOptions(connect_timeout_s=3, keys=impostor))
+        assert time.monotonic() - start < 3 + 2
+        # A plaintext coordinator gets nowhere either: no answer within the connect timeout.
+        with pytest.raises(DeviceFailure, match=r"device b: no worker answered at .* within 1 s"):
+            Session(cluster, tiny.plan, tiny.graph, tiny.weights, SessionOptions(connect_timeout_s=1))
+        assert live.worker.deployment is None
+    finally:
+        live.close()
+
+
+def test_a_fully_secured_run_is_exact(tiny, keys: Path) -> None:
+    """Keys for every member; b is started by hand with `edgeweave worker --keys`, the source runs here."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, "worker", "--name", "b", "--keys", str(keys), "--listen", f"tcp://127.0.0.1:{port}"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        cluster = tiny.cluster(b={"address": f"tcp://127.0.0.1:{port}"})
+        options = SessionOptions(connect_timeout_s=30, keys=keys)
+        config = RunConfig(requests=6, warmup=1, options=options)
+        result = run_plan(tiny.plan, cluster, tiny.graph, tiny.weights, config)
+        assert result["correct"] and result["max_abs_err"] == 0.0
+        assert result["links"]["a->b"]["transfers"] == 6 and result["links"]["b->a"]["transfers"] == 6
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_secured_run_with_local_workers_is_exact(zoo_graph, tmp_path: Path) -> None:
+    """Local worker processes get --keys: three devices, every connection CURVE, outputs exact."""
+    from edgeweave.cost.cluster import Cluster
+    from edgeweave.cost.profiler import profile_graph
+    from edgeweave.plan.strategies import make_plan
+
+    folder = tmp_path / "keys"
+    create_keys(folder, ["coordinator", "a", "b", "c"])
+    devices = {d: {"speed": 1.0, "memory": "8GiB"} for d in ("a", "b", "c")}
+    cluster = Cluster.from_dict(
+        {"source": "a", "devices": devices, "links": {"default": {"bandwidth": "100Gbps", "latency": "0ms"}}}
+    )
+    spec, graph, weights = zoo_graph("resnet18")
+    profile = profile_graph(graph, weights, spec.example_input, warmup=0, repeats=1)
+    plan = make_plan(profile, cluster, "pipeline", "throughput")
+    assert len(plan.stages) == 3
+    frames = make_inputs(graph, 3, seed=5)
+    reference = GraphRunner(graph, weights)
+    with Session(cluster, plan, graph, weights, SessionOptions(keys=folder)) as session:
+        assert all(r.local is not None for r in session.remotes.values())
+        outs = session.infer_many(frames)
+    for x, y in zip(frames, outs, strict=True):
+        assert torch.equal(y, reference.run(x))
+
+
+# -- the request window and the deploy message -----------------------------------------------
+def test_the_request_window_refuses_replays_duplicates_far_ids_and_greedy_peers() -> None:
+    from edgeweave.runtime.admission import Admission, Refused
+
+    window = Admission(max_inflight=2, source=False)  # slack 8, at most 4 requests held per peer
+    window.admit(0, "x1", "a")
+    window.finish(0)
+    with pytest.raises(Refused, match="already completed"):
+        window.admit(0, "x1", "a")
+    with pytest.raises(Refused, match="far beyond"):
+        window.admit(9, "x1", "a")
+    for request in (1, 2, 3, 4):
+        window.admit(request, "x1", "a")
+    with pytest.raises(Refused, match="already arrived"):
+        window.admit(4, "x1", "a")
+    with pytest.raises(Refused, match="a already has 4 requests held"):
+        window.admit(5, "x1", "a")
+    window.admit(5, "x2", "c")  # another upstream device has its own allowance
+    window.finish(1)
+    window.admit(6, "x1", "a")
+    assert window.holding() == 5
+    source = Admission(max_inflight=2, source=True)
+    with pytest.raises(Refused, match="not started"):
+        source.admit(0, "xout", "b")
+    source.start(0)
+    source.admit(0, "xout", "b")
+
+
+def test_a_deploy_message_cannot_name_anything_but_an_operator(tiny) -> None:
+    from edgeweave.runtime.deploy import split_plan, weights_blob
+    from edgeweave.runtime.worker import Deployment
+
+    part = split_plan(tiny.plan, tiny.graph)["b"]
+    extra = {"peers": {"a": "tcp://127.0.0.1:1"}, "links": {"a": {"bandwidth_bps": 1e9}}, "max_inflight": 2}
+    msg = part.message(tiny.graph, tiny.plan, extra)
+    assert Deployment(msg, weights_blob(tiny.weights, part.weight_keys)).expect["x1"].nbytes == 4 * 8 * 32 * 32
+    for op in ("load_library.__call__.__call__", "import_module.x.y", "os.system", "aten.conv2d.default;rm"):
+        bad = json.loads(json.dumps(msg))
+        next(iter(bad["nodes"].values()))["op"] = op
+        with pytest.raises((ValueError, UserError)):
+            Deployment(bad, b"")
+    bad = json.loads(json.dumps(msg))
+    bad["receives"] = {}
+    with pytest.raises(ValueError, match="does not describe the values"):
+        Deployment(bad, b"")
