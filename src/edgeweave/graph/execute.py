@@ -23,11 +23,17 @@ def resolve_op(op: str) -> Callable[..., Any]:
     """'aten.conv2d.default' -> torch.ops.aten.conv2d.default (names only: nothing is evaluated)."""
     if op == "getitem":
         return operator.getitem
-    namespace, name, overload = op.split(".")
+    parts = op.split(".")
+    if len(parts) != 3 or any(p.startswith("__") for p in parts):
+        raise UserError(f"{op!r} is not an operator name")
+    namespace, name, overload = parts
     try:
-        return getattr(getattr(getattr(torch.ops, namespace), name), overload)
+        fn = getattr(getattr(getattr(torch.ops, namespace), name), overload)
     except (AttributeError, RuntimeError) as exc:
         raise UserError(f"operator {op} is not available in this torch build") from exc
+    if not isinstance(fn, torch._ops.OpOverload):  # never anything else reachable from torch.ops
+        raise UserError(f"{op!r} is not an operator")
+    return fn
 
 
 def _bind(template: Any, weights: Mapping[str, torch.Tensor]) -> Callable[[Env], Any]:

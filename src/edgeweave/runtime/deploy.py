@@ -40,6 +40,8 @@ class DevicePart:
             "input_dtype": graph.input_dtype,
             "graph_len": len(graph.nodes),
             "receives": self.receives(graph),
+            # band tasks rebuild their segment from the whole (weightless) graph
+            "graph": graph.to_dict() if any(t.get("region") for t in self.tasks) else None,
             **extra,
         }
 

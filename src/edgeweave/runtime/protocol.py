@@ -210,6 +210,26 @@ class NodeMsg(_Strict):
     out_index: int | None = None
 
 
+class GraphNodeMsg(NodeMsg):
+    out_shape: list[Any]
+    out_dtype: str | list[str]
+    out_bytes: int = Field(ge=0)
+    param_bytes: int = Field(ge=0)
+    flops: int = Field(ge=0)
+    module: str = ""
+
+
+class GraphMsg(_Strict):
+    """The operator graph (no weights) that band tasks of a hybrid plan rebuild their segments from."""
+
+    model: str
+    input_shape: list[int] = Field(max_length=16)
+    input_dtype: str
+    nodes: list[GraphNodeMsg]
+    weight_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    weight_dtypes: dict[str, str] = Field(default_factory=dict)
+
+
 class DeployMsg(_Strict):
     """The JSON part of a deploy message (its weights travel beside it as safetensors bytes)."""
 
@@ -233,6 +253,7 @@ class DeployMsg(_Strict):
     links: dict[str, dict[str, Any]] = Field(default_factory=dict)
     epoch: float | None = None
     shape_bandwidth: bool = True
+    graph: GraphMsg | None = None
 
 
 _TASKS = TypeAdapter(list[Task])
@@ -247,7 +268,7 @@ def parse_deploy(header: dict[str, Any]) -> DeployMsg:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ValueError(f"malformed deploy message: {where}: {err['msg']}") from None
-    for node in msg.nodes.values():
+    for node in [*msg.nodes.values(), *(msg.graph.nodes if msg.graph else [])]:
         if any(part.startswith("__") for part in node.op.split(".")):
             raise ValueError(f"malformed deploy message: operator {node.op!r}")
     return msg

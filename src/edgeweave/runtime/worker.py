@@ -37,6 +37,7 @@ import zmq
 
 from edgeweave.graph.execute import GraphRunner, resolve_op
 from edgeweave.graph.opgraph import INPUT, OpGraph, OpNode
+from edgeweave.runtime import bands as band_ops
 from edgeweave.runtime.admission import Admission
 from edgeweave.runtime.deploy import load_weights_blob
 from edgeweave.runtime.links import LinkShaper, LinkSpec, wait_until
@@ -73,6 +74,7 @@ def wall(mono: float) -> float:
 class _Request:
     env: dict[str, torch.Tensor] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
+    bands: dict[str, list] = field(default_factory=dict)  # hybrid plans: bands held, by value
 
 
 class Deployment:
@@ -100,7 +102,10 @@ class Deployment:
         graph = OpGraph(
             model=msg.get("model", ""), input_shape=msg["input_shape"], input_dtype=msg["input_dtype"], nodes=nodes
         )
-        self.runner = GraphRunner(graph, load_weights_blob(blob)) if nodes else None
+        self.weights = load_weights_blob(blob)
+        self.runner = GraphRunner(graph, self.weights) if nodes else None
+        self.by_id = {t["id"]: t for t in self.tasks}
+        self.bands = band_ops.BandContext(OpGraph.from_dict(msg["graph"])) if msg.get("graph") else None
         self.keep = self._keep_sets()
         # When the output reaches the source by a transfer, hand it over on arrival: the robot's
         # application must not wait for the source's compute thread to finish unrelated work.
@@ -108,7 +113,10 @@ class Deployment:
             (
                 t["id"]
                 for t in self.tasks
-                if t["id"] in self.incoming and self.output in t["values"] and self.device == self.source
+                if t["id"] in self.incoming
+                and self.output in t["values"]
+                and self.device == self.source
+                and t.get("region") is None  # a band of the output is gathered, not handed over
             ),
             None,
         )
@@ -144,6 +152,8 @@ class Deployment:
         for task in reversed(self.tasks):
             if task["kind"] == "compute":
                 keep[task["id"]] = set(later)
+                if task.get("region") is not None and self.bands is not None:
+                    later.update(self.bands.inputs_of(task["region"]))  # a band task reads whole inputs here
             elif task["src"] == self.device:
                 later.update(task["values"])
         return keep
@@ -395,7 +405,10 @@ class Worker:
                     return
                 kind, request, values, task = item
                 state = self.requests.setdefault(request, _Request())
-                state.env.update(values)
+                if task is not None and self.deployment.by_id[task].get("region") is not None:
+                    band_ops.receive(state.bands, self.deployment.by_id[task], values)
+                else:
+                    state.env.update(values)
                 if task is not None:
                     state.done.add(task)
                 self._advance()
@@ -423,6 +436,8 @@ class Worker:
 
     def _finish(self, request: int, state: _Request) -> None:
         dep = self.deployment
+        if dep.bands is not None:
+            band_ops.assemble(state.env, state.bands, dep.bands)
         if dep.device == dep.source and self.on_result is not None and dep.output_transfer is None:
             self.on_result(request, state.env[dep.output])
         del self.requests[request]
@@ -430,12 +445,21 @@ class Worker:
 
     def _run(self, task: dict[str, Any], request: int, state: _Request) -> None:
         dep = self.deployment
+        region = task.get("region")
+        if dep.bands is not None and region is None:  # gathered bands become whole values first
+            band_ops.assemble(state.env, state.bands, dep.bands)
         if task["kind"] == "transfer":
-            tensors = [state.env[v] for v in task["values"]]
+            if region is not None:
+                tensors = band_ops.outgoing(state.env, state.bands, dep.bands, task)
+            else:
+                tensors = [state.env[v] for v in task["values"]]
             self.senders[task["dst"]][1].put((request, task["id"], task["values"], tensors, time.monotonic()))
             return
         start = time.monotonic()
-        dep.runner.run_nodes([dep.local[i] for i in task["nodes"]], state.env, keep=dep.keep[task["id"]])
+        if region is not None:
+            band_ops.compute(state.env, state.bands, dep.bands, dep.weights, task)
+        else:
+            dep.runner.run_nodes([dep.local[i] for i in task["nodes"]], state.env, keep=dep.keep[task["id"]])
         elapsed = time.monotonic() - start
         if dep.speed < 1.0:  # emulate a slower device: take as long as the plan says it takes there
             wait_until(start + max(elapsed, float(task["time_s"])))
