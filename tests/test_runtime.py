@@ -249,3 +249,18 @@ def test_netns_links_run_exactly_and_leave_nothing_behind(zoo_graph) -> None:
     assert 0.85 * 50e6 < rate < 1.3 * 50e6
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert namespace not in listed
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_hybrid_plans_run_exactly_across_processes(zoo_graph, name: str) -> None:
+    from edgeweave.plan.hybrid import plan_hybrid
+
+    cluster = Cluster.from_dict({"source": "robot", "devices": {"robot": {"speed": 0.25, "memory": "4GiB"},
+                                                                 "server": {"speed": 1.0, "memory": "8GiB"}},
+                                 "links": {"robot-server": {"bandwidth": "50Mbps", "latency": "2ms"}}})
+    spec, graph, weights = zoo_graph(name)
+    profile = profile_graph(graph, weights, spec.example_input, warmup=1, repeats=2)
+    plan = plan_hybrid(profile, graph, cluster)
+    assert any(t.region for t in plan.tasks), plan.notes  # a real band split, streamed or not
+    result = run_plan(plan, cluster, graph, weights, RunConfig(requests=3, warmup=1, single=1))
+    assert result["correct"] and result["max_abs_err"] <= 1e-5

@@ -15,7 +15,7 @@ from edgeweave.cli.plan_cmd import attach_prediction
 from edgeweave.cli.run_cmd import execute
 from edgeweave.cost.cluster import print_cluster
 
-DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline"]
+DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline", "hybrid"]
 
 
 def demo(
