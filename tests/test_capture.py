@@ -8,25 +8,12 @@ import pytest
 import torch
 
 from edgeweave.graph import GraphRunner, OpGraph, capture
-from edgeweave.zoo import load_model
+from edgeweave.zoo import list_models, load_model
 
 # Full-size models that capture in seconds; the big ViTs run at reduced depth here and at full
 # size in the slow-marked test below (and in benchmarks/capture_zoo.py).
-FAST = [
-    "resnet18",
-    "resnet50",
-    "resnet152",
-    "vgg16",
-    "vgg19",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "densenet121",
-    "convnext_tiny",
-    "efficientnet_b0",
-    "vit_b_16",
-    "timm_vit_small",
-    "bert-base",
-]
+# Every zoo model at full size except the two big ViTs.
+FAST = [m["name"] for m in list_models() if m["name"] not in ("vit_l_16", "vit_h_14")]
 REDUCED = [("vit_l_16", {"num_layers": 2}), ("vit_h_14", {"num_layers": 2})]
 
 

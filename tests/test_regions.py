@@ -15,20 +15,9 @@ from edgeweave.graph import GraphRunner
 from edgeweave.graph.locality import Window
 from edgeweave.graph.opgraph import INPUT
 from edgeweave.graph.regions import input_bands, local_runs, make_segment, own_bands, run_bands, split_bands
+from edgeweave.zoo import list_models
 
-MODELS = [
-    "resnet18",
-    "resnet50",
-    "resnet152",
-    "vgg16",
-    "vgg19",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "densenet121",
-    "convnext_tiny",
-    "efficientnet_b0",
-    "vit_b_16",
-]
+MODELS = [m["name"] for m in list_models() if m["family"] == "cnn"] + ["vit_b_16"]
 # Relative to the largest magnitude: convolutions on a band may pick another kernel and sum in a
 # different order than on the whole tensor (seen: ~2e-6); anything wrong is off by O(1).
 RTOL = 2e-5

@@ -21,21 +21,9 @@ from edgeweave.graph import GraphRunner
 from edgeweave.plan.strategies import make_plan
 from edgeweave.runtime.measure import RunConfig, make_inputs, run_plan
 from edgeweave.runtime.session import DeviceFailure, Session, SessionOptions
+from edgeweave.zoo import list_models
 
-ZOO = [
-    "resnet18",
-    "resnet50",
-    "resnet152",
-    "vgg16",
-    "vgg19",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "densenet121",
-    "convnext_tiny",
-    "efficientnet_b0",
-    "vit_b_16",
-    "bert-base",
-]
+ZOO = [m["name"] for m in list_models() if m["family"] == "cnn"] + ["vit_b_16", "bert-base"]
 
 
 def three_devices(**extra) -> Cluster:
@@ -206,9 +194,13 @@ def test_worker_on_a_port_in_use_says_so() -> None:
 
 
 def two_devices(link: dict) -> Cluster:
-    return Cluster.from_dict({"source": "robot", "devices": {"robot": {"speed": 1.0, "memory": "4GiB"},
-                                                              "server": {"speed": 1.0, "memory": "8GiB"}},
-                              "links": {"robot-server": link}})
+    return Cluster.from_dict(
+        {
+            "source": "robot",
+            "devices": {"robot": {"speed": 1.0, "memory": "4GiB"}, "server": {"speed": 1.0, "memory": "8GiB"}},
+            "links": {"robot-server": link},
+        }
+    )
 
 
 def test_a_bandwidth_trace_governs_the_real_link(zoo_graph, tmp_path) -> None:
@@ -237,8 +229,9 @@ def test_netns_links_run_exactly_and_leave_nothing_behind(zoo_graph) -> None:
     with emulated_links("netns", cluster, plan) as net:
         # one request in the measured stream: its transfer has the link to itself (in netns mode the
         # kernel queues back-to-back transfers, so a stream's spans would include that wait)
-        result = run_plan(plan, cluster, graph, weights, RunConfig(requests=1, warmup=1, single=1, options=options),
-                          netns=net)
+        result = run_plan(
+            plan, cluster, graph, weights, RunConfig(requests=1, warmup=1, single=1, options=options), netns=net
+        )
         namespace = net.namespace("server")
     assert result["correct"]
     up = result["links"]["robot->server"]
@@ -255,9 +248,13 @@ def test_netns_links_run_exactly_and_leave_nothing_behind(zoo_graph) -> None:
 def test_hybrid_plans_run_exactly_across_processes(zoo_graph, name: str) -> None:
     from edgeweave.plan.hybrid import plan_hybrid
 
-    cluster = Cluster.from_dict({"source": "robot", "devices": {"robot": {"speed": 0.25, "memory": "4GiB"},
-                                                                 "server": {"speed": 1.0, "memory": "8GiB"}},
-                                 "links": {"robot-server": {"bandwidth": "50Mbps", "latency": "2ms"}}})
+    cluster = Cluster.from_dict(
+        {
+            "source": "robot",
+            "devices": {"robot": {"speed": 0.25, "memory": "4GiB"}, "server": {"speed": 1.0, "memory": "8GiB"}},
+            "links": {"robot-server": {"bandwidth": "50Mbps", "latency": "2ms"}},
+        }
+    )
     spec, graph, weights = zoo_graph(name)
     profile = profile_graph(graph, weights, spec.example_input, warmup=1, repeats=2)
     plan = plan_hybrid(profile, graph, cluster)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,9 +13,11 @@ from rich.table import Table
 
 from edgeweave.cli.common import (
     CheckpointOpt,
+    InputKindOpt,
     InputShapeOpt,
     JsonOpt,
     ModelArg,
+    ModelChoice,
     ModelOpt,
     console,
     err_console,
@@ -122,6 +125,7 @@ def run(
     model_opt: ModelOpt = None,
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
+    input_kind: InputKindOpt = "float",
     profile: ProfileOpt = None,
     cluster: ClusterOpt = None,
     strategy: StrategyOpt = "pipeline",
@@ -137,25 +141,21 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Execute MODEL on the cluster for real: one worker process per device, measured vs predicted."""
-    results = _bench(
-        model,
-        model_opt,
-        input_shape,
-        checkpoint,
+    request = RunRequest(
+        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind),
         profile,
         cluster,
-        [strategy],
         objective,
         requests,
         links,
         out,
         max_inflight,
         connect_timeout,
+        keys,
         cache_dir,
         no_cache,
-        json_out,
-        keys,
     )
+    results = _bench(request, [strategy], quiet=json_out)
     if json_out:
         print_json(results[0])
     else:
@@ -167,6 +167,7 @@ def bench(
     model_opt: ModelOpt = None,
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
+    input_kind: InputKindOpt = "float",
     profile: ProfileOpt = None,
     cluster: ClusterOpt = None,
     strategies: Annotated[
@@ -185,77 +186,74 @@ def bench(
 ) -> None:
     """Run several strategies for real, one after another in one process tree, and compare them."""
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    results = _bench(
-        model,
-        model_opt,
-        input_shape,
-        checkpoint,
+    request = RunRequest(
+        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind),
         profile,
         cluster,
-        names,
         objective,
         requests,
         links,
         out,
         max_inflight,
         connect_timeout,
+        keys,
         cache_dir,
         no_cache,
-        json_out,
-        keys,
     )
+    results = _bench(request, names, quiet=json_out)
     if json_out:
         print_json(results)
     else:
         print_comparison(results)
 
 
-def _bench(
-    model,
-    model_opt,
-    input_shape,
-    checkpoint,
-    profile,
-    cluster,
-    names,
-    objective,
-    requests,
-    links,
-    out,
-    max_inflight,
-    connect_timeout,
-    cache_dir,
-    no_cache,
-    quiet,
-    keys=None,
-) -> list[dict[str, Any]]:
+@dataclass
+class RunRequest:
+    """Everything `run` and `bench` were asked, gathered once."""
+
+    choice: ModelChoice
+    profile: Path | None
+    cluster: Path | None
+    objective: str
+    requests: int
+    links: str
+    out: Path
+    max_inflight: int | None
+    connect_timeout: float
+    keys: Path | None
+    cache_dir: Path | None
+    no_cache: bool
+
+
+def _bench(req: RunRequest, names: list[str], quiet: bool) -> list[dict[str, Any]]:
+    """Plan every strategy first (a bad name fails before anything starts), then run each for real."""
     from edgeweave.plan.strategies import make_plan
 
-    choice = model_choice(model, model_opt, input_shape, checkpoint)
-    the_cluster = load_cluster(cluster)
-    if links not in ("shaper", "netns"):
-        raise UserError(f"unknown --links {links!r}: use shaper or netns")
-    if keys is not None:  # a broken keys folder fails before minutes of capture and profiling
+    the_cluster = load_cluster(req.cluster)
+    if req.links not in ("shaper", "netns"):
+        raise UserError(f"unknown --links {req.links!r}: use shaper or netns")
+    if req.keys is not None:  # a broken keys folder fails before minutes of capture and profiling
         from edgeweave.runtime.security import COORDINATOR, load_keyring
 
-        load_keyring(keys, COORDINATOR)
-    plans = []
-    _, graph, weights, prof = prepare(choice, profile, cache_dir, no_cache)
-    for name in names:  # plan everything first: a bad strategy name fails before anything starts
-        plans.append(attach_prediction(make_plan(prof, the_cluster, name, objective, graph), requests, max_inflight))
+        load_keyring(req.keys, COORDINATOR)
+    _, graph, weights, prof = prepare(req.choice, req.profile, req.cache_dir, req.no_cache)
+    plans = [
+        attach_prediction(make_plan(prof, the_cluster, name, req.objective, graph), req.requests, req.max_inflight)
+        for name in names
+    ]
     return [
         execute(
             p,
             the_cluster,
             graph,
             weights,
-            requests=requests,
-            links=links,
-            out=out,
-            max_inflight=max_inflight,
-            connect_timeout=connect_timeout,
+            requests=req.requests,
+            links=req.links,
+            out=req.out,
+            max_inflight=req.max_inflight,
+            connect_timeout=req.connect_timeout,
             show_progress=not quiet,
-            keys=keys,
+            keys=req.keys,
         )
         for p in plans
     ]
