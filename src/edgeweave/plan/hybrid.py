@@ -2,13 +2,15 @@
 
 A hybrid plan is: a layer-wise prefix on the source (where the input is), one *segment* of local
 operators split into bands across several devices (each gets exactly the input band it needs,
-halo included, and computes its own band of the segment's outputs), a gather of the bands on the
-device that runs the layer-wise suffix (global pooling, heads, attention), and the result back
-to the source. Shares are chosen so every device finishes its band at the same time (binary
-search on that time; the halo makes a band's cost non-linear but monotone in its size).
+halo included, streamed in chunks so it computes while rows still arrive, and computes its own
+band of the segment's outputs), a gather of the bands on the device that runs the layer-wise
+suffix (global pooling, heads, attention), and the result back to the source.
 
-The best layer-wise plan is always a candidate, so hybrid is never worse than it under the
-cost model; the final choice is made on the simulator's latency of the actual task graph.
+Shares are chosen on an exact joint schedule of every chunk, computed the way the simulator
+schedules the tasks the plan emits (so the plan's simulated latency equals the planner's): for
+two devices every split row is tried (coarse, then fine); for more, a balance of arrival times
+seeds a local search. The best layer-wise plan is always a candidate, so hybrid is never worse
+than it under the cost model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
+from edgeweave.graph.execute import last_uses
 from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import (
@@ -199,9 +202,10 @@ def joint_latency(
 
 
 def _refine(
-    cost: _SegmentCost, pm: PipelineModel, devices: list[int], ratios: list[float], start: float, suffix: int
+    cost: _SegmentCost, pm: PipelineModel, devices: list[int], start: float, suffix: int
 ) -> tuple[float, list[float], list[BandSchedule | None]]:
-    """Exact joint latency around the balanced shares: every split for two devices, a local search beyond."""
+    """The best split on the exact joint latency: every split row for two devices; beyond that, a
+    local search from the shares that balance arrival times."""
     seg = cost.segment
     extent = seg.extent(seg.outputs[-1])
     memo: dict[tuple[int, ...], tuple[float, list, list]] = {}
@@ -219,13 +223,13 @@ def _refine(
             memo[rows] = best
         return memo[rows]
 
-    rows = [round(r * extent) for r in ratios]
-    rows[-1] = extent - sum(rows[:-1])
     if len(devices) == 2:  # coarse scan of the split row, then every row around the best coarse one
         step = max(1, extent // 12)
         coarse = min(range(0, extent + 1, step), key=lambda r: evaluate((r, extent - r))[0])
         fine = range(max(0, coarse - step), min(extent, coarse + step) + 1)
         return min((evaluate((r, extent - r)) for r in fine), key=lambda x: x[0])
+    rows = [round(r * extent) for r in _balance(cost, pm, devices, start, suffix)]
+    rows[-1] = extent - sum(rows[:-1])
     current = tuple(rows)
     improved = True
     while improved:
@@ -249,7 +253,7 @@ def _balance(
     devices: list[int],
     start: float,
     gather_at: int,
-) -> tuple[list[float], list[BandSchedule | None]]:
+) -> list[float]:
     """Shares so that every device's bands reach the gathering device at the same time.
 
     For a time T each device takes the largest band it can deliver by T (with its best chunk
@@ -294,24 +298,12 @@ def _balance(
         cut = min(excess, rows[k])
         rows[k] -= cut
         excess -= cut
-    ratios = [r / extent for r in rows]
-    scheds: list[BandSchedule | None] = []
-    for dev, own in zip(devices, own_bands(seg, ratios), strict=True):  # exact, for the bands chosen
-        if any(b > a for a, b in own.values()):
-            scheds.append(
-                min((schedule(cost, pm, dev, own, c, start, gather_at) for c in CHUNK_CHOICES), key=lambda sc: sc.ready)
-            )
-        else:
-            scheds.append(None)
-    return ratios, scheds
+    return [r / extent for r in rows]
 
 
 def candidate_segments(graph: OpGraph, max_per_run: int = 24) -> list[tuple[int, int, str]]:
     """Segments worth trying: each local run, ended where only one value leaves it (block ends)."""
-    last_use: dict[str, int] = {}
-    for i, node in enumerate(graph.nodes):
-        for ref in node.inputs:
-            last_use[ref] = i
+    last_use = last_uses(graph)
     index = graph.index()
     out = []
     for axis in ("rows", "cols"):
@@ -355,8 +347,7 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
         for helpers in helper_sets:
             devices = [pm.source, *helpers]
             for suffix in devices:
-                ratios, _ = _balance(cost, pm, devices, prefix, suffix)
-                ready, ratios, scheds = _refine(cost, pm, devices, ratios, prefix, suffix)
+                ready, ratios, scheds = _refine(cost, pm, devices, prefix, suffix)
                 lat = _split_latency(profile, pm, ready, last, suffix)
                 if lat < best_latency * 0.999 and (best_split is None or lat < best_split.latency_s):
                     best_split = SplitChoice(first, last, axis, devices, ratios, suffix, lat, scheds)

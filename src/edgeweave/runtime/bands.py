@@ -20,6 +20,7 @@ class BandContext:
 
     def __init__(self, graph: OpGraph):
         self.graph = graph
+        self.index = graph.index()  # built once: `assemble` runs before every ordinary task
         self.segments: dict[tuple[int, int, str], Segment] = {}
 
     def segment(self, region: Mapping[str, Any]) -> Segment:
@@ -84,13 +85,18 @@ def compute(
 
 
 def merged(pieces: list[Band], axis: int) -> Band:
-    """One band from pieces streamed in order (each chunk brings the rows after the previous one)."""
+    """One band from pieces streamed in order (each chunk brings the rows after the previous one).
+
+    Overlapping rows are taken once; the band stops at the first gap, so it never claims rows it lacks.
+    """
     if len(pieces) == 1:
         return pieces[0]
     ordered = sorted(pieces, key=lambda b: b.start)
     tensors, end = [], ordered[0].start
     for piece in ordered:
         size = piece.tensor.shape[axis]
+        if piece.start > end:
+            break
         if piece.start + size <= end:
             continue
         skip = end - piece.start
@@ -102,16 +108,14 @@ def merged(pieces: list[Band], axis: int) -> Band:
 def assemble(env: dict[str, torch.Tensor], bands: dict[str, list[Band]], ctx: BandContext) -> None:
     """Concatenate every gathered value from its bands, in order along its split axis."""
     for v in list(bands):
-        if v in env or v not in ctx.graph.index():
+        if v in env or v not in ctx.index:
             continue
         axis = _value_axis(ctx, v)
         if axis is None:
             continue
-        pieces = sorted(bands[v], key=lambda b: b.start)
-        extent = ctx.graph.nodes[ctx.graph.index()[v]].out_shape[axis]
-        covered = sum(p.tensor.shape[axis] for p in pieces)
-        if pieces[0].start == 0 and covered == extent:
-            env[v] = torch.cat([p.tensor for p in pieces], dim=axis)
+        whole = merged(bands[v], axis)
+        if whole.start == 0 and whole.tensor.shape[axis] == ctx.graph.nodes[ctx.index[v]].out_shape[axis]:
+            env[v] = whole.tensor
 
 
 def _value_axis(ctx: BandContext, value: str) -> int | None:
