@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from edgeweave.cli.common import InputKindOpt, JsonOpt, ModelChoice, console, print_json
-from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster, prepare
-from edgeweave.cli.plan_cmd import attach_prediction
-from edgeweave.cli.run_cmd import execute
+from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster
+from edgeweave.cli.run_cmd import RunRequest, print_comparison, run_strategies
 from edgeweave.cost.cluster import print_cluster
 
 DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline", "hybrid"]
@@ -33,60 +31,32 @@ def demo(
     Each device is a worker process on this machine; the robot is slowed to its speed and the
     WiFi link is shaped to its bandwidth and latency. Outputs are checked against one-device runs.
     """
-    from edgeweave.plan.strategies import make_plan
-
     started = time.perf_counter()
-    the_cluster = load_cluster(cluster)
+    the_cluster = load_cluster(cluster)  # fails fast, before capture and profiling
     if not json_out:
         print_cluster(the_cluster, console)
-    _, graph, weights, profile = prepare(ModelChoice(model, input_kind=input_kind), None, cache_dir, no_cache)
-    rows = []
-    for strategy in DEMO_STRATEGIES:
-        plan = attach_prediction(make_plan(profile, the_cluster, strategy, "latency", graph), requests)
-        rows.append(
-            execute(
-                plan,
-                the_cluster,
-                graph,
-                weights,
-                requests=requests,
-                links="shaper",
-                out=out,
-                max_inflight=None,
-                connect_timeout=5.0,
-                show_progress=not json_out,
-            )
-        )
+    request = RunRequest(
+        ModelChoice(model, input_kind=input_kind),
+        None,
+        cluster,
+        "latency",
+        requests,
+        "shaper",
+        out,
+        None,
+        5.0,
+        None,
+        cache_dir,
+        no_cache,
+    )
+    rows = run_strategies(request, DEMO_STRATEGIES, quiet=json_out)
     if json_out:
         print_json(rows)
         return
-    best = min(r["single_latency_s"] for r in rows if r["strategy"] in ("local", "offload"))
-    table = Table(
-        title=f"{model} on {the_cluster.name or 'the cluster'}: every strategy run for real "
-        f"({requests} requests each, latency objective)"
+    name = the_cluster.name or "the cluster"
+    print_comparison(
+        rows, title=f"{model} on {name}: every strategy run for real ({requests} requests each, latency objective)"
     )
-    for col in (
-        "strategy",
-        "latency pred",
-        "latency meas",
-        "vs best of local/offload",
-        "throughput pred",
-        "throughput meas",
-        "exact?",
-    ):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
-    for r in rows:
-        p = r["predicted"]
-        table.add_row(
-            r["strategy"],
-            f"{p['latency_s'] * 1e3:.1f} ms",
-            f"{r['single_latency_s'] * 1e3:.1f} ms",
-            f"{best / r['single_latency_s']:.2f}x",
-            f"{p['throughput_per_s']:.2f}/s",
-            f"{r['throughput_per_s']:.2f}/s",
-            "yes" if r["correct"] else "NO",
-        )
-    console.print(table)
     console.print(f"measured timelines and Perfetto traces: {out}/   (demo took {time.perf_counter() - started:.0f} s)")
 
 

@@ -155,7 +155,7 @@ def run(
         cache_dir,
         no_cache,
     )
-    results = _bench(request, [strategy], quiet=json_out)
+    results = run_strategies(request, [strategy], quiet=json_out)
     if json_out:
         print_json(results[0])
     else:
@@ -200,7 +200,7 @@ def bench(
         cache_dir,
         no_cache,
     )
-    results = _bench(request, names, quiet=json_out)
+    results = run_strategies(request, names, quiet=json_out)
     if json_out:
         print_json(results)
     else:
@@ -225,7 +225,7 @@ class RunRequest:
     no_cache: bool
 
 
-def _bench(req: RunRequest, names: list[str], quiet: bool) -> list[dict[str, Any]]:
+def run_strategies(req: RunRequest, names: list[str], quiet: bool) -> list[dict[str, Any]]:
     """Plan every strategy first (a bad name fails before anything starts), then run each for real."""
     from edgeweave.plan.strategies import make_plan
 
@@ -314,9 +314,12 @@ def print_run(r: dict[str, Any]) -> None:
     )
 
 
-def print_comparison(results: list[dict[str, Any]]) -> None:
-    table = Table(title=f"{results[0]['model']}: strategies run for real")
-    for col in (
+def print_comparison(results: list[dict[str, Any]], title: str | None = None) -> None:
+    """Strategies side by side; with local or offload among them, how each compares to the better of the two."""
+    singles = [r["single_latency_s"] for r in results if r["strategy"] in ("local", "offload")]
+    best = min(singles) if singles else None
+    table = Table(title=title or f"{results[0]['model']}: strategies run for real")
+    columns = [
         "strategy",
         "latency (pred)",
         "latency (meas)",
@@ -324,11 +327,14 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
         "throughput (pred)",
         "throughput (meas)",
         "exact?",
-    ):
+    ]
+    if best is not None:
+        columns.insert(3, "vs best of local/offload")
+    for col in columns:
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for r in results:
         p = r["predicted"]
-        table.add_row(
+        row = [
             r["strategy"],
             _ms(p.get("latency_s")),
             _ms(r["single_latency_s"]),
@@ -336,7 +342,10 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
             f"{p.get('throughput_per_s', 0):.2f}/s",
             f"{r['throughput_per_s']:.2f}/s",
             "yes" if r["correct"] else "NO",
-        )
+        ]
+        if best is not None:
+            row.insert(3, f"{best / r['single_latency_s']:.2f}x")
+        table.add_row(*row)
     console.print(table)
 
 
