@@ -19,10 +19,17 @@ from edgeweave.graph.opgraph import INPUT, OpGraph, OpNode, decode_const
 Env = dict[str, torch.Tensor]
 
 
+# The graph is functional (no op writes into its inputs), so whether a result aliases its input
+# never matters, while a value that crossed the wire arrives contiguous, with other strides than it
+# had where it was made: `view` would then fail where the same values reshape fine.
+_STRIDE_FREE = {"aten.view.default": "aten.reshape.default", "aten._unsafe_view.default": "aten.reshape.default"}
+
+
 def resolve_op(op: str) -> Callable[..., Any]:
     """'aten.conv2d.default' -> torch.ops.aten.conv2d.default (names only: nothing is evaluated)."""
     if op == "getitem":
         return operator.getitem
+    op = _STRIDE_FREE.get(op, op)
     parts = op.split(".")
     if len(parts) != 3 or any(p.startswith("__") for p in parts):
         raise UserError(f"{op!r} is not an operator name")
