@@ -34,6 +34,7 @@ class Segment:
     loc: Locality
     outputs: list[str]
     inputs: list[str]
+    axis_name: str = "rows"  # what the segment was split along: "rows" or "cols" (tokens split as either)
 
     @property
     def nodes(self) -> range:
@@ -62,7 +63,7 @@ def make_segment(graph: OpGraph, first: int, last: int, axis: str = "rows") -> S
         if graph.nodes[i].name in read_after or i == len(graph.nodes) - 1
     ]
     inputs = sorted({r for i in range(first, last + 1) for r in graph.nodes[i].inputs if r not in inside})
-    return Segment(graph, first, last, loc, outputs, inputs)
+    return Segment(graph, first, last, loc, outputs, inputs, axis)
 
 
 def local_runs(graph: OpGraph, axis: str = "rows", min_nodes: int = 1) -> list[tuple[int, int]]:

@@ -16,10 +16,12 @@ than it under the cost model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
+from edgeweave.cost.region_overhead import DEFAULT_REGION_OVERHEAD_S
 from edgeweave.graph.execute import last_uses
 from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
@@ -49,17 +51,34 @@ class SplitChoice:
     schedules: list  # BandSchedule per device (None for a device with an empty band)
 
 
+MESSAGE_OVERHEAD_S = 0.7e-3
+"""Software cost of one runtime message beyond latency + bytes/bandwidth (serialise, queue, decode,
+wake the receiver): measured 0.6-0.95 ms per band transfer on this machine (benchmarks/hybrid_sweep
+--real, per-task timelines). Band plans send many small messages, so the planner counts it and puts
+it on every transfer it emits (`TransferTask.overhead_s`), where the simulator adds it too."""
+
+
+def region_overhead(profile: Profile) -> float:
+    """Seconds per node per band task at the reference speed (measured by the profiler)."""
+    measured = (profile.model_extra or {}).get("region_overhead_s")
+    return DEFAULT_REGION_OVERHEAD_S if measured is None else float(measured)
+
+
 class _SegmentCost:
-    """Fast per-band cost of one segment: compute seconds (at speed 1) and bytes in and out."""
+    """Fast per-band cost of one segment: compute seconds (at speed 1) and bytes in and out.
+
+    A band task costs its proportional share of every node it runs (halo rows included) plus the
+    profile's per-node `region_overhead_s`: small bands and many chunks are less efficient."""
 
     def __init__(self, segment: Segment, profile: Profile):
         self.segment = segment
+        self.node_overhead = region_overhead(profile)
         self.times = {profile.nodes[i].name: profile.nodes[i].time_s for i in segment.nodes}
         self.out_bytes = {profile.nodes[i].name: profile.nodes[i].out_bytes for i in segment.nodes}
         self.value_bytes = profile.value_bytes
         self._cache: dict[tuple, tuple[float, int, int]] = {}
         self._inputs: dict[tuple, dict[str, Interval]] = {}
-        self.schedules: dict[tuple, BandSchedule] = {}
+        self.geometry: dict[tuple, _Chunks] = {}
 
     def input_bands(self, own: dict) -> dict[str, Interval]:
         key = tuple(sorted(own.items()))
@@ -78,6 +97,7 @@ class _SegmentCost:
         seg = self.segment
         need = needs(seg, own)
         work = sum(self.times[v] * (b - a) / seg.loc.shapes[v][seg.axis(v)] for v, (a, b) in need.items())
+        work += self.node_overhead * len(need)
         bytes_in = 0
         for v, (a, b) in self.input_bands(own).items():
             full = self.value_bytes(v)
@@ -93,7 +113,9 @@ def _axis_extent(seg: Segment, value: str) -> int:
 
 
 def _transfer(pm: PipelineModel, a: int, b: int, nbytes: int) -> float:
-    return 0.0 if a == b or nbytes == 0 else float(pm.latency[a, b] + nbytes / pm.bandwidth[a, b])
+    if a == b or nbytes == 0:
+        return 0.0
+    return float(pm.latency[a, b] + nbytes / pm.bandwidth[a, b]) + MESSAGE_OVERHEAD_S
 
 
 CHUNK_CHOICES = (1, 2, 4, 8)
@@ -117,47 +139,61 @@ def _chunked(own: dict[str, Interval], chunks: int) -> list[dict[str, Interval]]
     return [sub for sub in subs if any(b > a for a, b in sub.values())]
 
 
+@dataclass
+class _Chunks:
+    """The geometry of streaming one band in chunks: independent of link rates and device speeds,
+    so it is computed once per (segment, band, chunk count) and reused by every re-plan."""
+
+    chunks: list[dict[str, Interval]]
+    sends: list[dict[str, Interval]]
+    send_bytes: list[int]
+    out_bytes: list[int]
+    work_s: list[float]
+
+
+def _chunk_geometry(cost: _SegmentCost, own: dict[str, Interval], chunks: int, remote: bool) -> _Chunks:
+    key = (tuple(sorted(own.items())), chunks, remote)
+    if key not in cost.geometry:
+        seg = cost.segment
+        subs = _chunked(own, chunks if remote else 1)
+        sent: dict[str, Interval] = {}
+        geo = _Chunks(subs, [], [], [], [])
+        for sub in subs:
+            new: dict[str, Interval] = {}
+            nbytes = 0
+            if remote:
+                for v, (lo, hi) in cost.input_bands(sub).items():
+                    got = sent.get(v)
+                    a = lo if got is None else max(lo, got[1])
+                    if hi > a or got is None:
+                        new[v] = (a, max(hi, a))
+                        nbytes += cost.value_bytes(v) * (max(hi, a) - a) // _axis_extent(seg, v)
+                    sent[v] = (lo if got is None else got[0], max(hi, got[1] if got else hi))
+            work, _, produced = cost.band(sub)
+            geo.sends.append(new)
+            geo.send_bytes.append(nbytes)
+            geo.out_bytes.append(produced)
+            geo.work_s.append(work)
+        cost.geometry[key] = geo
+    return cost.geometry[key]
+
+
 def schedule(
     cost: _SegmentCost, pm: PipelineModel, dev: int, own: dict[str, Interval], chunks: int, start: float, gather_at: int
 ) -> BandSchedule:
     """Stream a band: chunk j's new input rows cross the link, its output band is computed as soon as
     they and chunk j-1 are done (recomputing intermediate halo rows), then sent on to `gather_at`.
     Exactly what the simulator does with the tasks `build_hybrid_plan` emits for it."""
-    key = (dev, tuple(sorted(own.items())), chunks, start, gather_at)
-    if key not in cost.schedules:
-        cost.schedules[key] = _schedule(cost, pm, dev, own, chunks, start, gather_at)
-    return cost.schedules[key]
-
-
-def _schedule(
-    cost: _SegmentCost, pm: PipelineModel, dev: int, own: dict[str, Interval], chunks: int, start: float, gather_at: int
-) -> BandSchedule:
-    seg = cost.segment
+    remote = dev != pm.source
+    geo = _chunk_geometry(cost, own, chunks, remote)
     speed = float(pm.speed[dev])
-    subs = _chunked(own, chunks if dev != pm.source else 1)
-    sent: dict[str, Interval] = {}
-    sends, send_bytes, out_bytes, works = [], [], [], []
     t_link = t_dev = t_out = start
-    for sub in subs:
-        new: dict[str, Interval] = {}
-        nbytes = 0
-        if dev != pm.source:
-            for v, (lo, hi) in cost.input_bands(sub).items():
-                got = sent.get(v)
-                a = lo if got is None else max(lo, got[1])
-                if hi > a or got is None:
-                    new[v] = (a, max(hi, a))
-                    nbytes += cost.value_bytes(v) * (max(hi, a) - a) // _axis_extent(seg, v)
-                sent[v] = (lo if got is None else got[0], max(hi, got[1] if got else hi))
-            t_link += _transfer(pm, pm.source, dev, nbytes) if new else 0.0
-        work, _, produced = cost.band(sub)
+    for j, work in enumerate(geo.work_s):
+        if remote and geo.sends[j]:
+            t_link += _transfer(pm, pm.source, dev, geo.send_bytes[j])
         t_dev = max(t_dev, t_link) + work / speed
-        t_out = max(t_out, t_dev) + (_transfer(pm, dev, gather_at, produced) if dev != gather_at else 0.0)
-        sends.append(new)
-        send_bytes.append(nbytes)
-        out_bytes.append(produced)
-        works.append(work)
-    return BandSchedule(subs, sends, send_bytes, out_bytes, works, max(t_out, t_dev))
+        t_out = max(t_out, t_dev) + (_transfer(pm, dev, gather_at, geo.out_bytes[j]) if dev != gather_at else 0.0)
+    return BandSchedule(geo.chunks, geo.sends, geo.send_bytes, geo.out_bytes, geo.work_s, max(t_out, t_dev))
 
 
 def joint_latency(
@@ -171,33 +207,39 @@ def joint_latency(
 ) -> tuple[float, list[BandSchedule | None]]:
     """When the last band reaches `suffix`, scheduling every task the way the simulator does: in plan
     order (all input chunks first), one task at a time per device and per link direction."""
-    scheds = [
-        schedule(cost, pm, d, own, c, start, suffix) if any(b > a for a, b in own.values()) else None
+    geos = [
+        _chunk_geometry(cost, own, c, d != pm.source) if any(b > a for a, b in own.values()) else None
         for d, own, c in zip(devices, owns, chunks, strict=True)
     ]
+    src = pm.source
     link: dict[tuple[int, int], float] = {}
     arrive: dict[tuple[int, int], float] = {}
-    for k, (d, sc) in enumerate(zip(devices, scheds, strict=True)):  # input chunks, in order, per link
-        if sc is None or d == pm.source:
+    for k, (d, geo) in enumerate(zip(devices, geos, strict=True)):  # input chunks, in order, per link
+        if geo is None or d == src:
             continue
-        for j, nbytes in enumerate(sc.send_bytes):
-            if sc.sends[j]:
-                t0 = max(link.get((pm.source, d), start), start)
-                link[pm.source, d] = t0 + _transfer(pm, pm.source, d, nbytes)
-                arrive[k, j] = link[pm.source, d]
+        t_link = link.get((src, d), start)
+        for j, nbytes in enumerate(geo.send_bytes):
+            if geo.sends[j]:
+                t_link += _transfer(pm, src, d, nbytes)
+                arrive[k, j] = t_link
+        link[src, d] = t_link
     ready = start
-    for k, (d, sc) in enumerate(zip(devices, scheds, strict=True)):
-        if sc is None:
+    scheds: list[BandSchedule | None] = []
+    for k, (d, geo) in enumerate(zip(devices, geos, strict=True)):
+        if geo is None:
+            scheds.append(None)
             continue
-        t_dev = start
-        for j, work in enumerate(sc.work_s):
-            t_dev = max(t_dev, arrive.get((k, j), start)) + work / float(pm.speed[d])
+        speed = float(pm.speed[d])
+        t_dev = t_done = start
+        for j, work in enumerate(geo.work_s):
+            t_dev = max(t_dev, arrive.get((k, j), start)) + work / speed
             if d == suffix:
-                ready = max(ready, t_dev)
+                t_done = t_dev
                 continue
-            t0 = max(link.get((d, suffix), start), t_dev)
-            link[d, suffix] = t0 + _transfer(pm, d, suffix, sc.out_bytes[j])
-            ready = max(ready, link[d, suffix])
+            t_done = max(link.get((d, suffix), start), t_dev) + _transfer(pm, d, suffix, geo.out_bytes[j])
+            link[d, suffix] = t_done
+        ready = max(ready, t_done)
+        scheds.append(BandSchedule(geo.chunks, geo.sends, geo.send_bytes, geo.out_bytes, geo.work_s, t_done))
     return ready, scheds
 
 
@@ -208,26 +250,27 @@ def _refine(
     local search from the shares that balance arrival times."""
     seg = cost.segment
     extent = seg.extent(seg.outputs[-1])
-    memo: dict[tuple[int, ...], tuple[float, list, list]] = {}
+    memo: dict[tuple, tuple[float, list, list, int]] = {}
 
-    def evaluate(rows: tuple[int, ...]) -> tuple[float, list, list]:
-        if rows not in memo:
+    def evaluate(rows: tuple[int, ...], choices: tuple[int, ...] = CHUNK_CHOICES) -> tuple[float, list, list, int]:
+        if (rows, choices) not in memo:
             rat = [r / extent for r in rows]
             owns = own_bands(seg, rat)
             best = None
-            for c in CHUNK_CHOICES:
+            for c in choices:
                 chunks = [1 if d == pm.source else c for d in devices]
                 lat, scheds = joint_latency(cost, pm, devices, owns, chunks, start, suffix)
                 if best is None or lat < best[0]:
-                    best = (lat, rat, scheds)
-            memo[rows] = best
-        return memo[rows]
+                    best = (lat, rat, scheds, c)
+            memo[rows, choices] = best
+        return memo[rows, choices]
 
     if len(devices) == 2:  # coarse scan of the split row, then every row around the best coarse one
         step = max(1, extent // 12)
         coarse = min(range(0, extent + 1, step), key=lambda r: evaluate((r, extent - r))[0])
+        chunk = (evaluate((coarse, extent - coarse))[3],)  # the fine scan keeps the coarse optimum's chunking
         fine = range(max(0, coarse - step), min(extent, coarse + step) + 1)
-        return min((evaluate((r, extent - r)) for r in fine), key=lambda x: x[0])
+        return min((evaluate((r, extent - r), chunk) for r in fine), key=lambda x: x[0])[:3]
     rows = [round(r * extent) for r in _balance(cost, pm, devices, start, suffix)]
     rows[-1] = extent - sum(rows[:-1])
     current = tuple(rows)
@@ -244,7 +287,7 @@ def _refine(
                     trial[b] += step
                     if evaluate(tuple(trial))[0] < evaluate(current)[0]:
                         current, improved = tuple(trial), True
-    return evaluate(current)
+    return evaluate(current)[:3]
 
 
 def _balance(
@@ -320,8 +363,82 @@ def candidate_segments(graph: OpGraph, max_per_run: int = 24) -> list[tuple[int,
     return sorted(set(out))
 
 
-def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: str = "latency") -> Plan:
-    """The best hybrid plan under the cost model (latency), or the best layer-wise plan if that is better."""
+class SegmentGeometry:
+    """The candidate segments of one model with their band geometry (needed rows, bytes, chunking),
+    which does not depend on link rates or device speeds. Built lazily and kept by the caller, it
+    makes a re-plan for a new measured bandwidth cost milliseconds instead of seconds."""
+
+    def __init__(self, profile: Profile, graph: OpGraph):
+        self.profile, self.graph = profile, graph
+        self._costs: list[_SegmentCost] | None = None
+
+    def costs(self) -> list[_SegmentCost]:
+        if self._costs is None:
+            self._costs = []
+            for first, last, axis in candidate_segments(self.graph):
+                seg = make_segment(self.graph, first, last, axis)
+                if seg is None or any(self.profile.nodes[i].name != self.graph.nodes[i].name for i in (first, last)):
+                    continue
+                self._costs.append(_SegmentCost(seg, self.profile))
+        return self._costs
+
+
+def hybrid_splits(
+    profile: Profile,
+    graph: OpGraph,
+    pm: PipelineModel,
+    geometry: SegmentGeometry | None = None,
+    cutoff: Callable[[], float] | None = None,
+) -> Iterator[SplitChoice]:
+    """Every band split the hybrid planner considers: for each candidate segment, helper set and
+    gathering device, the latency-best shares. A generator, so that `plan_hybrid` keeps the fastest
+    and the energy planner (plan/energy.py) can price each one instead.
+
+    Candidates come in order of a lower bound on their latency (the segment's work spread over all
+    devices at once, each helper as fast as the slower of its compute and its input link); with
+    `cutoff` (the best latency found so far) a candidate whose bound cannot beat it is skipped
+    without being refined."""
+    others = [d for d in range(pm.num_devices) if d != pm.source]
+    helper_sets = [[d] for d in others] + ([others] if len(others) > 1 else [])
+    src_speed = float(pm.speed[pm.source])
+    candidates = []
+    for cost in (geometry or SegmentGeometry(profile, graph)).costs():
+        first, last = cost.segment.first, cost.segment.last
+        prefix = float(pm.times[:first].sum()) / src_speed
+        work = float(pm.times[first : last + 1].sum())
+        whole = {v: (0, cost.segment.extent(v)) for v in cost.segment.outputs}
+        bytes_in = cost.band(whole)[1]
+        for helpers in helper_sets:
+            devices = [pm.source, *helpers]
+            # each device's rate in "segments per second": a helper is limited by its compute or by
+            # the link that brings it the input, whichever is slower (perfect overlap, no halo)
+            rate = src_speed / work + sum(
+                1.0 / max(work / float(pm.speed[d]), bytes_in / float(pm.bandwidth[pm.source, d])) for d in helpers
+            )
+            spread = 1.0 / rate
+            for suffix in devices:
+                bound = _split_latency(profile, pm, prefix + spread, last, suffix)
+                candidates.append((bound, prefix, cost, devices, suffix))
+    candidates.sort(key=lambda c: c[0])
+    for bound, prefix, cost, devices, suffix in candidates:
+        if cutoff is not None and bound >= cutoff():
+            break
+        ready, ratios, scheds = _refine(cost, pm, devices, prefix, suffix)
+        lat = _split_latency(profile, pm, ready, cost.segment.last, suffix)
+        seg = cost.segment
+        yield SplitChoice(seg.first, seg.last, seg.axis_name, devices, ratios, suffix, lat, scheds)
+
+
+def plan_hybrid(
+    profile: Profile,
+    graph: OpGraph,
+    cluster: Cluster,
+    objective: str = "latency",
+    geometry: SegmentGeometry | None = None,
+) -> Plan:
+    """The best hybrid plan under the cost model (latency), or the best layer-wise plan if that is better.
+
+    Pass the same `geometry` again to re-plan the same model for new link rates in milliseconds."""
     from edgeweave.plan.strategies import make_plan
     from edgeweave.sim.simulator import simulate
 
@@ -329,28 +446,20 @@ def plan_hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
     best_plan, best_latency = None, math.inf
     for strategy in ("local", "offload", "neurosurgeon", "dads"):
         try:
-            candidate = make_plan(profile, cluster, strategy, "latency")
+            candidate = with_message_overhead(make_plan(profile, cluster, strategy, "latency"))
         except Exception:  # noqa: BLE001 - a baseline without an answer (e.g. nothing fits) is skipped
             continue
         lat = simulate(candidate, requests=1).single_latency_s
         if lat < best_latency:
             best_plan, best_latency = candidate, lat
     best_split = None
-    others = [d for d in range(pm.num_devices) if d != pm.source]
-    for first, last, axis in candidate_segments(graph):
-        seg = make_segment(graph, first, last, axis)
-        if seg is None or any(profile.nodes[i].name != graph.nodes[i].name for i in (first, last)):
-            continue
-        cost = _SegmentCost(seg, profile)
-        prefix = float(pm.times[:first].sum()) / float(pm.speed[pm.source])
-        helper_sets = [[d] for d in others] + ([others] if len(others) > 1 else [])
-        for helpers in helper_sets:
-            devices = [pm.source, *helpers]
-            for suffix in devices:
-                ready, ratios, scheds = _refine(cost, pm, devices, prefix, suffix)
-                lat = _split_latency(profile, pm, ready, last, suffix)
-                if lat < best_latency * 0.999 and (best_split is None or lat < best_split.latency_s):
-                    best_split = SplitChoice(first, last, axis, devices, ratios, suffix, lat, scheds)
+
+    def cutoff() -> float:
+        return min(best_latency * 0.999, best_split.latency_s if best_split else math.inf)
+
+    for choice in hybrid_splits(profile, graph, pm, geometry, cutoff):
+        if choice.latency_s < best_latency * 0.999 and (best_split is None or choice.latency_s < best_split.latency_s):
+            best_split = choice
     if best_split is None:
         best_plan.notes.append(f"hybrid: no band split beats the best layer-wise plan here; using {best_plan.strategy}")
         best_plan.strategy = "hybrid"
@@ -394,6 +503,15 @@ def plan_hybrid_grid(profile: Profile, graph: OpGraph, cluster: Cluster, objecti
                     best = SplitChoice(first, last, axis, devices, [share, 1.0 - share], suffix, lat, scheds)
     plan = build_hybrid_plan(profile, graph, cluster, pm, best, objective)
     plan.strategy = "hybrid-grid"
+    return plan
+
+
+def with_message_overhead(plan: Plan) -> Plan:
+    """The same plan with MESSAGE_OVERHEAD_S on every transfer, so that layer-wise candidates and
+    band splits are compared (and simulated) under the same per-message cost."""
+    for task in plan.tasks:
+        if task.kind == "transfer":
+            task.overhead_s = MESSAGE_OVERHEAD_S
     return plan
 
 
@@ -445,6 +563,7 @@ def build_hybrid_plan(
                         bytes=sched.send_bytes[j],
                         after=list(after_prefix),
                         region={**region, "bands": bands},
+                        overhead_s=MESSAGE_OVERHEAD_S,
                     )
                 )
                 deps.append(tid)
@@ -473,6 +592,7 @@ def build_hybrid_plan(
                     bytes=sched.out_bytes[j],
                     after=[cid],
                     region={**region, "bands": {v: list(iv) for v, iv in sub.items()}},
+                    overhead_s=MESSAGE_OVERHEAD_S,
                 )
             )
             gathers.append(oid)
@@ -500,6 +620,7 @@ def build_hybrid_plan(
                 values=[profile.nodes[-1].name],
                 bytes=profile.output_bytes,
                 after=last_task,
+                overhead_s=MESSAGE_OVERHEAD_S,
             )
         )
     plan = Plan(

@@ -43,6 +43,9 @@ class TransferTask(BaseModel):
     bytes: int = Field(ge=0)
     after: list[str] = Field(default_factory=list)
     region: dict[str, Any] | None = None
+    # per-message software cost the planner counted on top of the link's latency + bytes/bandwidth;
+    # the simulator adds it (the runtime simply pays it)
+    overhead_s: float = Field(0.0, ge=0)
 
 
 Task = Annotated[ComputeTask | TransferTask, Field(discriminator="kind")]

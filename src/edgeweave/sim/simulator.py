@@ -141,7 +141,7 @@ def _task_table(plan: Plan, cluster: Cluster | None, overhead_s: float) -> _Task
         else:
             assert cluster is not None  # checked by the caller: plans with transfers need a cluster
             name = f"link:{task.src}->{task.dst}"
-            duration = cluster.transfer_time(task.src, task.dst, task.bytes) + overhead_s
+            duration = cluster.transfer_time(task.src, task.dst, task.bytes) + overhead_s + task.overhead_s
             nbytes = task.bytes
         table.ids.append(task.id)
         table.kinds.append(task.kind)
