@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profiler import profile_graph
+from edgeweave.cost.region_overhead import _fit_intercept
+from edgeweave.errors import UserError
 from edgeweave.graph import GraphRunner
-from edgeweave.plan.hybrid import plan_hybrid
+from edgeweave.plan.hybrid import HybridOptions, SegmentGeometry, plan_hybrid, region_overhead
 from edgeweave.plan.strategies import make_plan
 from edgeweave.runtime.dryrun import dry_run
 from edgeweave.sim.simulator import simulate
@@ -78,3 +81,69 @@ def test_hybrid_grid_is_the_published_restricted_search(profiled) -> None:
         assert not any(t.id.endswith(".1") for t in split)  # no streaming chunks
     ours = simulate(make_plan(profile, cluster, "hybrid", "latency", graph), requests=1).single_latency_s
     assert ours <= simulate(grid, requests=1).single_latency_s * 1.0001
+
+
+# -- hand-given choices, re-planning, and the real cost of small bands ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (HybridOptions(ratios=(0.3,)), "1 split ratios given for 2 devices; give one per device in this order: robot"),
+        (HybridOptions(ratios=(0.5, 0.6)), "split ratios must add up to 1"),
+        (HybridOptions(ratios=(-0.5, 1.5)), "split ratios must be finite and >= 0"),
+        (HybridOptions(ratios=(1.0, 0.0)), "everything to one device"),
+        (HybridOptions(chunks=0), "chunk count 0 must be between 1 and 64"),
+        (HybridOptions(axis="depth"), "split axis 'depth' is not one of rows, cols"),
+    ],
+)
+def test_hand_given_choices_that_cannot_work_are_one_line_errors(profiled, options, message: str) -> None:
+    _, graph, _, profile = profiled("resnet18")
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_hybrid(profile, graph, robot_server("50Mbps"), options=options)
+
+
+def test_hand_given_ratios_chunks_and_axis_are_obeyed(profiled) -> None:
+    spec, graph, weights, profile = profiled("resnet18")
+    plan = plan_hybrid(profile, graph, robot_server("50Mbps"), options=HybridOptions((0.3, 0.7), 4, "rows"))
+    assert plan.cost_model["axis"] == "rows" and plan.cost_model["chunks"] == 4
+    assert plan.cost_model["ratios"] == pytest.approx([0.3, 0.7], abs=0.05)  # whole rows of the segment output
+    assert simulate(plan, requests=1).single_latency_s == pytest.approx(plan.cost_model["latency_s"], rel=1e-9)
+    got = dry_run(plan, graph, weights, spec.example_input)
+    assert torch.allclose(got, GraphRunner(graph, weights).run(spec.example_input), rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_without_local_operators_falls_back_and_says_why(profiled) -> None:
+    _, graph, _, profile = profiled("resnet18")
+    empty = SegmentGeometry(profile, graph)
+    empty._costs = []  # as for a model whose every operator is a barrier
+    plan = plan_hybrid(profile, graph, robot_server("50Mbps"), geometry=empty)
+    assert "no segment of local operators to split" in plan.notes[-1] and not any(t.region for t in plan.tasks)
+    with pytest.raises(UserError, match="no segment of local operators that can be split along rows"):
+        plan_hybrid(profile, graph, robot_server("50Mbps"), geometry=empty, options=HybridOptions(axis="rows"))
+
+
+def test_replanning_with_kept_geometry_gives_the_same_plans(profiled) -> None:
+    _, graph, _, profile = profiled("resnet18")
+    geometry = SegmentGeometry(profile, graph)
+    for bandwidth in ("10Mbps", "50Mbps", "200Mbps", "50Mbps"):
+        cluster = robot_server(bandwidth)
+        again = plan_hybrid(profile, graph, cluster, geometry=geometry)
+        fresh = plan_hybrid(profile, graph, cluster)
+        assert again.model_dump() == fresh.model_dump()
+
+
+def test_band_tasks_cost_a_fixed_price_per_node(profiled) -> None:
+    _, graph, _, profile = profiled("resnet18")
+    assert region_overhead(profile) == pytest.approx(profile.model_extra["region_overhead_s"])
+    assert 0.0 <= profile.model_extra["region_overhead_s"] <= 1e-3
+    # the fit recovers slope and intercept from exact points
+    points = [(p, n, 1.3 * p + 5e-5 * n) for p, n in [(0.002, 10), (0.004, 12), (0.01, 20), (0.02, 30)]]
+    assert _fit_intercept(points) == pytest.approx(5e-5, rel=1e-6)
+    no_overhead = profile.model_copy(update={"region_overhead_s": 0.0})
+    plan0 = plan_hybrid(no_overhead, graph, robot_server("50Mbps"), options=HybridOptions((0.5, 0.5), 2))
+    plan1 = plan_hybrid(profile, graph, robot_server("50Mbps"), options=HybridOptions((0.5, 0.5), 2))
+    band0 = {t.id: t.time_s for t in plan0.compute_tasks if t.region}
+    band1 = {t.id: t.time_s for t in plan1.compute_tasks if t.region}
+    if plan0.cost_model["segment"] == plan1.cost_model["segment"]:
+        assert all(band1[k] >= band0[k] for k in band0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
 from edgeweave.cost.region_overhead import DEFAULT_REGION_OVERHEAD_S
+from edgeweave.errors import UserError
 from edgeweave.graph.execute import last_uses
 from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
@@ -119,6 +120,42 @@ def _transfer(pm: PipelineModel, a: int, b: int, nbytes: int) -> float:
 
 
 CHUNK_CHOICES = (1, 2, 4, 8)
+AXES = ("rows", "cols")
+
+
+@dataclass(frozen=True)
+class HybridOptions:
+    """Choices a user may fix by hand (`--split-ratios`, `--chunks`, `--split-axis`); the planner
+    searches everything left open. Fixing any of them means "split like this": the planner then
+    returns the best split that obeys them, never a layer-wise fallback."""
+
+    ratios: tuple[float, ...] | None = None  # one share per device of the cluster, the source first
+    chunks: int | None = None  # chunks every helper's input band is streamed in
+    axis: str | None = None  # "rows" or "cols" (a sequence's tokens split along either)
+
+    @property
+    def fixed(self) -> bool:
+        return self.ratios is not None or self.chunks is not None or self.axis is not None
+
+    def check(self, pm: PipelineModel) -> None:
+        """One-line errors for choices that cannot work on this cluster."""
+        if self.axis is not None and self.axis not in AXES:
+            raise UserError(f"split axis {self.axis!r} is not one of {', '.join(AXES)}")
+        if self.chunks is not None and not 1 <= self.chunks <= 64:
+            raise UserError(f"chunk count {self.chunks} must be between 1 and 64")
+        if self.ratios is not None:
+            order = [pm.devices[pm.source], *(n for k, n in enumerate(pm.devices) if k != pm.source)]
+            if len(self.ratios) != len(order):
+                raise UserError(
+                    f"{len(self.ratios)} split ratios given for {len(order)} devices; give one per device "
+                    f"in this order: {', '.join(order)}"
+                )
+            if any(not math.isfinite(r) or r < 0 for r in self.ratios):
+                raise UserError(f"split ratios must be finite and >= 0, got {list(self.ratios)}")
+            if abs(sum(self.ratios) - 1.0) > 1e-6:
+                raise UserError(f"split ratios must add up to 1, got {list(self.ratios)} (sum {sum(self.ratios):g})")
+            if sum(1 for r in self.ratios if r > 0) < 2:
+                raise UserError("split ratios give everything to one device: not a split (use local or offload)")
 
 
 @dataclass
@@ -244,15 +281,23 @@ def joint_latency(
 
 
 def _refine(
-    cost: _SegmentCost, pm: PipelineModel, devices: list[int], start: float, suffix: int
+    cost: _SegmentCost,
+    pm: PipelineModel,
+    devices: list[int],
+    start: float,
+    suffix: int,
+    options: HybridOptions | None = None,
 ) -> tuple[float, list[float], list[BandSchedule | None]]:
     """The best split on the exact joint latency: every split row for two devices; beyond that, a
-    local search from the shares that balance arrival times."""
+    local search from the shares that balance arrival times. Shares or chunking fixed in `options`
+    are taken as given."""
     seg = cost.segment
     extent = seg.extent(seg.outputs[-1])
+    options = options or HybridOptions()
+    choices_all = CHUNK_CHOICES if options.chunks is None else (options.chunks,)
     memo: dict[tuple, tuple[float, list, list, int]] = {}
 
-    def evaluate(rows: tuple[int, ...], choices: tuple[int, ...] = CHUNK_CHOICES) -> tuple[float, list, list, int]:
+    def evaluate(rows: tuple[int, ...], choices: tuple[int, ...] = choices_all) -> tuple[float, list, list, int]:
         if (rows, choices) not in memo:
             rat = [r / extent for r in rows]
             owns = own_bands(seg, rat)
@@ -265,6 +310,10 @@ def _refine(
             memo[rows, choices] = best
         return memo[rows, choices]
 
+    if options.ratios is not None:  # shares given by hand: only the chunking is searched
+        share = [options.ratios[_ratio_index(pm, d)] for d in devices]
+        rows = [b - a for a, b in split_bands(extent, share)]
+        return evaluate(tuple(rows))[:3]
     if len(devices) == 2:  # coarse scan of the split row, then every row around the best coarse one
         step = max(1, extent // 12)
         coarse = min(range(0, extent + 1, step), key=lambda r: evaluate((r, extent - r))[0])
@@ -288,6 +337,12 @@ def _refine(
                     if evaluate(tuple(trial))[0] < evaluate(current)[0]:
                         current, improved = tuple(trial), True
     return evaluate(current)[:3]
+
+
+def _ratio_index(pm: PipelineModel, device: int) -> int:
+    """Position of a device in a hand-given ratio list: the source first, then the cluster's order."""
+    order = [pm.source, *(k for k in range(pm.num_devices) if k != pm.source)]
+    return order.index(device)
 
 
 def _balance(
@@ -389,6 +444,7 @@ def hybrid_splits(
     pm: PipelineModel,
     geometry: SegmentGeometry | None = None,
     cutoff: Callable[[], float] | None = None,
+    options: HybridOptions | None = None,
 ) -> Iterator[SplitChoice]:
     """Every band split the hybrid planner considers: for each candidate segment, helper set and
     gathering device, the latency-best shares. A generator, so that `plan_hybrid` keeps the fastest
@@ -398,11 +454,16 @@ def hybrid_splits(
     devices at once, each helper as fast as the slower of its compute and its input link); with
     `cutoff` (the best latency found so far) a candidate whose bound cannot beat it is skipped
     without being refined."""
+    options = options or HybridOptions()
     others = [d for d in range(pm.num_devices) if d != pm.source]
     helper_sets = [[d] for d in others] + ([others] if len(others) > 1 else [])
+    if options.ratios is not None:  # exactly the devices given a share take part
+        helper_sets = [[d for d in others if options.ratios[_ratio_index(pm, d)] > 0]]
     src_speed = float(pm.speed[pm.source])
     candidates = []
     for cost in (geometry or SegmentGeometry(profile, graph)).costs():
+        if options.axis is not None and cost.segment.axis_name != options.axis:
+            continue
         first, last = cost.segment.first, cost.segment.last
         prefix = float(pm.times[:first].sum()) / src_speed
         work = float(pm.times[first : last + 1].sum())
@@ -423,7 +484,7 @@ def hybrid_splits(
     for bound, prefix, cost, devices, suffix in candidates:
         if cutoff is not None and bound >= cutoff():
             break
-        ready, ratios, scheds = _refine(cost, pm, devices, prefix, suffix)
+        ready, ratios, scheds = _refine(cost, pm, devices, prefix, suffix, options)
         lat = _split_latency(profile, pm, ready, cost.segment.last, suffix)
         seg = cost.segment
         yield SplitChoice(seg.first, seg.last, seg.axis_name, devices, ratios, suffix, lat, scheds)
@@ -435,16 +496,21 @@ def plan_hybrid(
     cluster: Cluster,
     objective: str = "latency",
     geometry: SegmentGeometry | None = None,
+    options: HybridOptions | None = None,
 ) -> Plan:
     """The best hybrid plan under the cost model (latency), or the best layer-wise plan if that is better.
 
-    Pass the same `geometry` again to re-plan the same model for new link rates in milliseconds."""
+    Pass the same `geometry` again to re-plan the same model for new link rates in milliseconds.
+    With choices fixed in `options`, the best split that obeys them (no layer-wise fallback)."""
     from edgeweave.plan.strategies import make_plan
     from edgeweave.sim.simulator import simulate
 
     pm = PipelineModel.build(profile, cluster)
+    options = options or HybridOptions()
+    options.check(pm)
+    geometry = geometry or SegmentGeometry(profile, graph)
     best_plan, best_latency = None, math.inf
-    for strategy in ("local", "offload", "neurosurgeon", "dads"):
+    for strategy in () if options.fixed else ("local", "offload", "neurosurgeon", "dads"):
         try:
             candidate = with_message_overhead(make_plan(profile, cluster, strategy, "latency"))
         except Exception:  # noqa: BLE001 - a baseline without an answer (e.g. nothing fits) is skipped
@@ -457,14 +523,24 @@ def plan_hybrid(
     def cutoff() -> float:
         return min(best_latency * 0.999, best_split.latency_s if best_split else math.inf)
 
-    for choice in hybrid_splits(profile, graph, pm, geometry, cutoff):
+    for choice in hybrid_splits(profile, graph, pm, geometry, cutoff, options):
         if choice.latency_s < best_latency * 0.999 and (best_split is None or choice.latency_s < best_split.latency_s):
             best_split = choice
-    if best_split is None:
-        best_plan.notes.append(f"hybrid: no band split beats the best layer-wise plan here; using {best_plan.strategy}")
-        best_plan.strategy = "hybrid"
-        return best_plan
-    return build_hybrid_plan(profile, graph, cluster, pm, best_split, objective)
+    if best_split is not None:
+        return build_hybrid_plan(profile, graph, cluster, pm, best_split, objective)
+    if options.fixed:
+        along = f" along {options.axis}" if options.axis else ""
+        raise UserError(f"{profile.model} has no segment of local operators that can be split{along}")
+    if best_plan is None:
+        raise UserError(f"no plan for {profile.model} here: no layer-wise plan fits and nothing can be split")
+    why = (
+        f"{profile.model} has no segment of local operators to split (every operator is a barrier)"
+        if not geometry.costs()
+        else "no band split beats the best layer-wise plan here"
+    )
+    best_plan.notes.append(f"hybrid: {why}; using {best_plan.strategy}")
+    best_plan.strategy = "hybrid"
+    return best_plan
 
 
 GRID = (0.0, 0.5, 0.6, 0.7, 1.0)
@@ -623,6 +699,14 @@ def build_hybrid_plan(
                 overhead_s=MESSAGE_OVERHEAD_S,
             )
         )
+    chunks = max(
+        (
+            len(sc.chunks)
+            for d, sc in zip(choice.devices, choice.schedules, strict=True)
+            if sc is not None and d != pm.source
+        ),
+        default=0,
+    )
     plan = Plan(
         strategy="hybrid",  # callers that use this builder for a baseline rename it
         objective=objective,
@@ -639,11 +723,13 @@ def build_hybrid_plan(
             "segment": [seg.first, seg.last],
             "axis": choice.axis,
             "ratios": choice.ratios,
+            "chunks": chunks,
             "fits": True,
         },
         notes=[
             f"split nodes {seg.first}-{seg.last} by {choice.axis} across "
             + ", ".join(f"{names[d]} {100 * r:.0f}%" for d, r in zip(choice.devices, choice.ratios, strict=True))
+            + (f"; helpers' input streamed in {chunks} chunks" if chunks > 1 else "")
         ],
     )
     return plan
