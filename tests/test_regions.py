@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from edgeweave.graph import GraphRunner
 from edgeweave.graph.locality import Window
 from edgeweave.graph.opgraph import INPUT
-from edgeweave.graph.regions import input_bands, local_runs, make_segment, own_bands, run_bands, split_bands
+from edgeweave.graph.regions import (
+    Band,
+    input_bands,
+    local_runs,
+    make_segment,
+    own_bands,
+    run_bands,
+    split_bands,
+)
 from edgeweave.zoo import list_models
 
 MODELS = [m["name"] for m in list_models() if m["family"] == "cnn"] + ["vit_b_16"]
@@ -47,6 +55,12 @@ def check_split(graph, weights, env, first: int, last: int, axis: str, ratios: l
     assert segment is not None
     with torch.no_grad():
         parts = [run_bands(segment, weights, env, own) for own in own_bands(segment, ratios)]
+        own = own_bands(segment, ratios)[0]
+        streamed = wavefront_bands(segment, weights, env, own, chunks=3)  # the first band, as a wavefront
+    for v, band in parts[0].items():
+        scale = band.tensor.abs().max().clamp_min(1e-6)
+        assert band.start == streamed[v].start and band.tensor.shape == streamed[v].tensor.shape, v
+        assert float((band.tensor - streamed[v].tensor).abs().max() / scale) <= RTOL, v
     for v in segment.outputs:
         pieces = [p[v].tensor for p in parts if v in p]
         joined = torch.cat(pieces, dim=segment.axis(v))
@@ -54,6 +68,20 @@ def check_split(graph, weights, env, first: int, last: int, axis: str, ratios: l
         assert joined.shape == env[v].shape
         assert float((joined - env[v]).abs().max() / scale) <= RTOL, (v, first, last, axis, ratios)
     return len(segment.outputs)
+
+
+def wavefront_bands(segment, weights, env, own, chunks: int) -> dict:
+    """`own` computed in `chunks` consecutive pieces sharing one wavefront state, joined again."""
+    state: dict = {}
+    pieces: dict[str, list] = {}
+    cuts = {v: [(a + x, a + y) for x, y in split_bands(b - a, [1.0] * chunks)] for v, (a, b) in own.items()}
+    for j in range(chunks):
+        sub = {v: c[j] for v, c in cuts.items()}
+        if not any(b > a for a, b in sub.values()):
+            continue
+        for v, band in run_bands(segment, weights, env, sub, state).items():
+            pieces.setdefault(v, []).append(band)
+    return {v: Band(torch.cat([p.tensor for p in ps], dim=segment.axis(v)), ps[0].start) for v, ps in pieces.items()}
 
 
 @pytest.mark.parametrize("name", MODELS)

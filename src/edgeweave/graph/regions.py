@@ -169,11 +169,16 @@ def run_bands(
     weights: Mapping[str, torch.Tensor],
     whole: Mapping[str, torch.Tensor],
     own: Mapping[str, Interval],
+    wavefront: dict[str, Band] | None = None,
 ) -> dict[str, Band]:
     """Compute this device's `own` bands of the segment outputs from its inputs.
 
     `whole` maps every value produced before the segment to the whole tensor or to a `Band`
     covering at least what `input_bands` names (what a helper device is sent).
+
+    With `wavefront` (one dict per device, segment and request, kept between the chunks of a
+    streamed band), every node computes only the rows it has not computed for an earlier chunk
+    and keeps them for the next: a chunk costs its new rows, never a recomputed halo.
     """
     need = needs(segment, own)
     bands: dict[str, Band] = {}
@@ -181,7 +186,20 @@ def run_bands(
         node = segment.graph.nodes[i]
         if node.name not in need:
             continue
-        bands[node.name] = Band(_run_node(segment, i, need[node.name], bands, whole, weights), need[node.name][0])
+        lo, hi = need[node.name]
+        prev = wavefront.get(node.name) if wavefront is not None else None
+        axis = segment.axis(node.name)
+        held = None if prev is None else (prev.start, prev.start + prev.tensor.shape[axis])
+        start = wavefront_start(held, lo)
+        if prev is None or start == lo:
+            band = Band(_run_node(segment, i, (lo, hi), bands, whole, weights), lo)
+        else:  # rows [lo, start) were computed for the previous chunk: keep them, add the new ones
+            kept = prev.tensor.narrow(axis, lo - prev.start, start - lo)
+            fresh = [_run_node(segment, i, (start, hi), bands, whole, weights)] if hi > start else []
+            band = Band(torch.cat([kept, *fresh], dim=axis) if fresh else kept, lo)
+        bands[node.name] = band
+        if wavefront is not None:
+            wavefront[node.name] = band
     out = {}
     for v, (a, b) in own.items():
         if a >= b:
@@ -189,6 +207,14 @@ def run_bands(
         band = bands[v]
         out[v] = Band(band.tensor.narrow(segment.axis(v), a - band.start, b - a), a)
     return out
+
+
+def wavefront_start(done: Interval | None, lo: int) -> int:
+    """First row a node must still compute for a chunk that needs rows from `lo`, given the rows
+    `done` it computed for earlier chunks of the same band (kept: a wavefront never recomputes)."""
+    if done is None or done[1] < lo or done[0] > lo:
+        return lo
+    return done[1]
 
 
 def input_bands(segment: Segment, own: Mapping[str, Interval]) -> dict[str, Interval]:

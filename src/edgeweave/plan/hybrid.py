@@ -35,6 +35,7 @@ from edgeweave.graph.regions import (
     needs,
     own_bands,
     split_bands,
+    wavefront_start,
 )
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import ComputeTask, Plan, TransferTask
@@ -79,6 +80,7 @@ class _SegmentCost:
         self.value_bytes = profile.value_bytes
         self._cache: dict[tuple, tuple[float, int, int]] = {}
         self._inputs: dict[tuple, dict[str, Interval]] = {}
+        self._needs: dict[tuple, dict[str, Interval]] = {}
         self.geometry: dict[tuple, _Chunks] = {}
 
     def input_bands(self, own: dict) -> dict[str, Interval]:
@@ -86,6 +88,12 @@ class _SegmentCost:
         if key not in self._inputs:
             self._inputs[key] = input_bands(self.segment, own)
         return self._inputs[key]
+
+    def needs(self, own: dict) -> dict[str, Interval]:
+        key = tuple(sorted(own.items()))
+        if key not in self._needs:
+            self._needs[key] = needs(self.segment, own)
+        return self._needs[key]
 
     def band(self, own: dict) -> tuple[float, int, int]:
         """(compute seconds at speed 1, input bytes it must receive, output bytes it produces)."""
@@ -96,7 +104,7 @@ class _SegmentCost:
 
     def _band(self, own: dict) -> tuple[float, int, int]:
         seg = self.segment
-        need = needs(seg, own)
+        need = self.needs(own)
         work = sum(self.times[v] * (b - a) / seg.loc.shapes[v][seg.axis(v)] for v, (a, b) in need.items())
         work += self.node_overhead * len(need)
         bytes_in = 0
@@ -189,11 +197,15 @@ class _Chunks:
 
 
 def _chunk_geometry(cost: _SegmentCost, own: dict[str, Interval], chunks: int, remote: bool) -> _Chunks:
+    """Chunk j's new input rows, its output band, and its work as a wavefront: every node computes
+    only the rows it has not computed for an earlier chunk (kept, not recomputed), so streaming a
+    band in chunks costs its whole-band work plus the per-node price of each extra band task."""
     key = (tuple(sorted(own.items())), chunks, remote)
     if key not in cost.geometry:
         seg = cost.segment
-        subs = _chunked(own, chunks if remote else 1)
+        subs = _chunked(own, chunks)
         sent: dict[str, Interval] = {}
+        done: dict[str, Interval] = {}
         geo = _Chunks(subs, [], [], [], [])
         for sub in subs:
             new: dict[str, Interval] = {}
@@ -206,11 +218,17 @@ def _chunk_geometry(cost: _SegmentCost, own: dict[str, Interval], chunks: int, r
                         new[v] = (a, max(hi, a))
                         nbytes += cost.value_bytes(v) * (max(hi, a) - a) // _axis_extent(seg, v)
                     sent[v] = (lo if got is None else got[0], max(hi, got[1] if got else hi))
-            work, _, produced = cost.band(sub)
+            work, nodes = 0.0, 0
+            for v, (lo, hi) in cost.needs(sub).items():
+                start = wavefront_start(done.get(v), lo)
+                if hi > start:
+                    work += cost.times[v] * (hi - start) / seg.loc.shapes[v][seg.axis(v)]
+                    nodes += 1
+                done[v] = (lo if done.get(v) is None else min(lo, done[v][0]), max(hi, done[v][1] if v in done else hi))
             geo.sends.append(new)
             geo.send_bytes.append(nbytes)
-            geo.out_bytes.append(produced)
-            geo.work_s.append(work)
+            geo.out_bytes.append(cost.band(sub)[2])
+            geo.work_s.append(work + cost.node_overhead * nodes)
         cost.geometry[key] = geo
     return cost.geometry[key]
 
@@ -303,10 +321,11 @@ def _refine(
             owns = own_bands(seg, rat)
             best = None
             for c in choices:
-                chunks = [1 if d == pm.source else c for d in devices]
-                lat, scheds = joint_latency(cost, pm, devices, owns, chunks, start, suffix)
-                if best is None or lat < best[0]:
-                    best = (lat, rat, scheds, c)
+                for own_chunks in sorted({1, c}):  # the source may stream its output bands too
+                    chunks = [own_chunks if d == pm.source else c for d in devices]
+                    lat, scheds = joint_latency(cost, pm, devices, owns, chunks, start, suffix)
+                    if best is None or lat < best[0]:
+                        best = (lat, rat, scheds, c)
             memo[rows, choices] = best
         return memo[rows, choices]
 
