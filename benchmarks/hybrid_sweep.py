@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from energy_sweep import crossover_mbps  # noqa: E402 - the same crossover as the energy sweep
 
 from edgeweave.cli.common import ModelChoice  # noqa: E402
 from edgeweave.cli.inputs import prepare  # noqa: E402
@@ -71,6 +73,9 @@ def sweep(model: str, bandwidths: list[float], real: bool, singles: int, input_k
     strategies = [s for s in STRATEGIES if s in available_strategies()]
     rows = []
     local = None  # all on the robot: the same plan at every bandwidth, measured once
+    cross = crossover_mbps(profile, at=cluster_at)  # where local and offload take equally long
+    if cross is not None and 1.0 <= cross <= 1000.0:
+        bandwidths = sorted({*bandwidths, round(cross, 2)})
     for mbps in bandwidths:
         cluster = cluster_at(mbps)
         lat, notes = {}, {}
@@ -89,8 +94,33 @@ def sweep(model: str, bandwidths: list[float], real: bool, singles: int, input_k
             )
             if strategy == "local":
                 local = lat[strategy]
-        rows.append(_row(model, mbps, lat, notes))
+        rows.append({**_row(model, mbps, lat, notes), "crossover": cross is not None and mbps == round(cross, 2)})
     return rows
+
+
+def replan_times(model: str, bandwidths: list[float], input_kind: str) -> dict:
+    """How long a re-plan takes once the model's band geometry is kept (what an adaptive run pays
+    when the measured bandwidth moves), against planning from scratch."""
+    from edgeweave.plan.hybrid import SegmentGeometry, plan_hybrid
+
+    _, graph, _, profile = prepare(ModelChoice(model, input_kind=input_kind), None, None, False)
+    geometry = SegmentGeometry(profile, graph)
+    cold, warm = [], []
+    for mbps in bandwidths:
+        started = time.perf_counter()
+        plan_hybrid(profile, graph, cluster_at(mbps))
+        cold.append(time.perf_counter() - started)
+        plan_hybrid(profile, graph, cluster_at(mbps), geometry=geometry)  # learn this bandwidth's rows once
+    for mbps in [b * f for b in bandwidths for f in (0.8, 1.0, 1.25)]:
+        started = time.perf_counter()
+        plan_hybrid(profile, graph, cluster_at(mbps), geometry=geometry)
+        warm.append(time.perf_counter() - started)
+    return {
+        "model": model,
+        "cold_s": statistics.median(cold),
+        "warm_s": statistics.median(warm),
+        "warm_max_s": max(warm),
+    }
 
 
 def _ms(value: float | None) -> str:
@@ -119,14 +149,16 @@ def _row(model: str, mbps: float, lat: dict[str, float | None], notes: dict[str,
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """Per model, the issue's three targets: the gain at the crossover (the swept bandwidth where
-    local and offload are closest), the worst ratio to the best other strategy, the worst to T*."""
+    """Per model, the issue's three targets: the gain at the crossover (the bandwidth where the
+    simulated local and offload latencies meet, added to the sweep; else the swept bandwidth where
+    they are closest), the worst ratio to the best other strategy, the worst to T*."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         pts = [r for r in rows if r["model"] == model and r["hybrid_vs_best_other"] is not None]
         if not pts:
             continue
-        cross = min(pts, key=lambda r: r["crossover_gap"])
+        marked = [r for r in pts if r.get("crossover")]
+        cross = marked[0] if marked else min(pts, key=lambda r: r["crossover_gap"])
         out.append(
             {
                 "model": model,
@@ -190,18 +222,27 @@ def main() -> None:
     for model in args.models.split(","):
         rows += sweep(model, [float(b) for b in args.bandwidths.split(",")], args.real, args.singles, args.input)
     summary = targets(rows)
+    bws = [float(b) for b in args.bandwidths.split(",")]
+    replans = [replan_times(model, bws, args.input) for model in args.models.split(",")]
     plot(rows, args.out / "hybrid_sweep.png")
-    report = {"mode": "measured" if args.real else "simulated", "input": args.input, "rows": rows, "targets": summary}
+    report = {
+        "mode": "measured" if args.real else "simulated",
+        "input": args.input,
+        "rows": rows,
+        "targets": summary,
+        "replan": replans,
+    }
     (args.out / "hybrid_sweep.json").write_text(json.dumps(report, indent=1))
     if args.json:
         print(json.dumps(report, indent=1))
         return
     strategies = [s for s in STRATEGIES if s in rows[0]["latency_s"]] if rows else []
-    print(f"p50 latency of one request in ms ({report['mode']}, input {args.input}); h/best: hybrid / best other")
-    print(f"{'model':<13}{'Mbps':>6}" + "".join(f"{s:>13}" for s in strategies) + f"{'T*':>8}{'h/best':>8}{'h/T*':>7}")
+    print(f"p50 latency of one request in ms ({report['mode']}, input {args.input})")
+    print("* marks the crossover (local = offload); h/best: hybrid / best other strategy")
+    print(f"{'model':<13}{'Mbps':>7}" + "".join(f"{s:>13}" for s in strategies) + f"{'T*':>8}{'h/best':>8}{'h/T*':>7}")
     for r in rows:
         print(
-            f"{r['model']:<13}{r['mbps']:>6.0f}"
+            f"{r['model']:<13}{r['mbps']:>6.1f}{'*' if r.get('crossover') else ' '}"
             + "".join(f"{_ms(r['latency_s'][s]):>13}" for s in strategies)
             + f"{_ms(r['t_star_s']):>8}{_ratio(r['hybrid_vs_best_other']):>8}{_ratio(r['hybrid_vs_t_star']):>7}"
         )
@@ -210,6 +251,11 @@ def main() -> None:
         print(
             f"  {t['model']:<13} crossover {t['crossover_mbps']:g} Mbps: gain {100 * t['gain_at_crossover']:.1f}%"
             f"  worst vs best other {t['worst_vs_best_other']:.3f}  worst vs T* {t['worst_vs_t_star']:.3f}"
+        )
+    for r in replans:
+        print(
+            f"  {r['model']:<13} re-plan: {1e3 * r['cold_s']:.0f} ms from scratch, {1e3 * r['warm_s']:.0f} ms "
+            f"(max {1e3 * r['warm_max_s']:.0f}) with the model's band geometry kept"
         )
     print(f"plot: {args.out / 'hybrid_sweep.png'}")
 

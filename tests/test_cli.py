@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeweave.cli import app
+from edgeweave.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -130,3 +131,21 @@ def test_model_that_fits_nowhere_names_the_shortfall(profile_path: Path, tmp_pat
     )
     proc = run_cli("plan", "--profile", str(profile_path), "--cluster", str(tiny))
     assert proc.returncode == 2 and "fits on no combination" in proc.stderr and "more memory" in proc.stderr
+
+
+def test_hand_given_hybrid_split_is_planned_or_refused_in_one_line(tmp_path) -> None:
+    args = ["plan", "resnet18", "-s", "hybrid", "-O", "latency", "--cache-dir", str(tmp_path)]
+    out = invoke_json([*args, "--split-ratios", "0.4,0.6", "--chunks", "2", "--split-axis", "rows"])
+    assert out["strategy"] == "hybrid" and out["predicted"]["latency_s"] > 0
+    for extra, message in [
+        (["--split-ratios", "0.4"], "1 split ratios given for 2 devices"),
+        (["--split-ratios", "x,y"], "give comma-separated numbers"),
+        (["--chunks", "0"], "chunk count 0 must be between 1 and 64"),
+        (["--split-axis", "depth"], "split axis 'depth' is not one of rows, cols"),
+    ]:
+        result = runner.invoke(app, [*args, *extra])  # main() turns a UserError into one line, exit 2
+        assert isinstance(result.exception, UserError) and message in str(result.exception), result.output
+    done = run_cli("plan", "resnet18", "-s", "pipeline", "--chunks", "2", "--cache-dir", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: --split-ratios, --chunks and --split-axis apply to --strategy hybrid, not pipeline"
+    ]

@@ -437,7 +437,8 @@ BAD_FILES = [
     ),
     (
         "source: a\ndevices:\n  a: {speed: 1, memory: 1GiB, power: {idle: 1}}\n",
-        "devices.a.power.idle: unknown key (expected one of: idle_w, busy_w, radio_w_per_mbps, radio_base_w)",
+        "devices.a.power.idle: unknown key (expected one of: idle_w, busy_w, radio_w_per_mbps, radio_base_w, "
+        "radio_rx_w_per_mbps)",
     ),
     ("devices:\n  a: {speed: 1, memory: 1GiB}\n", "source: is required"),
     ("source: a\n", "devices: is required"),

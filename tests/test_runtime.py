@@ -244,9 +244,11 @@ def test_netns_links_run_exactly_and_leave_nothing_behind(zoo_graph) -> None:
     assert namespace not in listed
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_hybrid_plans_run_exactly_across_processes(zoo_graph, name: str) -> None:
-    from edgeweave.plan.hybrid import plan_hybrid
+@pytest.mark.parametrize(("name", "chunks"), [("resnet18", None), ("mobilenet_v2", 4)])
+def test_hybrid_plans_run_exactly_across_processes(zoo_graph, name: str, chunks: int | None) -> None:
+    """A split both devices compute (shares fixed, so a noisy profile cannot turn it into offload),
+    streamed in chunks that the receiver computes as a wavefront and the source streams back."""
+    from edgeweave.plan.hybrid import HybridOptions, plan_hybrid
 
     cluster = Cluster.from_dict(
         {
@@ -257,8 +259,8 @@ def test_hybrid_plans_run_exactly_across_processes(zoo_graph, name: str) -> None
     )
     spec, graph, weights = zoo_graph(name)
     profile = profile_graph(graph, weights, spec.example_input, warmup=1, repeats=2)
-    plan = plan_hybrid(profile, graph, cluster)
-    assert any(t.region for t in plan.tasks), plan.notes  # a real band split, streamed or not
+    plan = plan_hybrid(profile, graph, cluster, options=HybridOptions(ratios=(0.4, 0.6), chunks=chunks))
+    assert {t.device for t in plan.compute_tasks if t.region} == {"robot", "server"}, plan.notes
     result = run_plan(plan, cluster, graph, weights, RunConfig(requests=3, warmup=1, single=1))
     assert result["correct"] and result["max_abs_err"] <= 1e-5
 

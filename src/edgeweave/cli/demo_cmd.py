@@ -10,6 +10,7 @@ import typer
 
 from edgeweave.cli.common import InputKindOpt, JsonOpt, ModelChoice, console, print_json
 from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster
+from edgeweave.cli.rate import RateOpt
 from edgeweave.cli.run_cmd import RunRequest, print_comparison, run_strategies
 from edgeweave.cost.cluster import print_cluster
 
@@ -22,6 +23,7 @@ def demo(
     input_kind: InputKindOpt = "float",
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests per strategy.")] = 12,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the timeline pictures.")] = Path("out/demo"),
+    rate: RateOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     json_out: JsonOpt = False,
@@ -31,7 +33,10 @@ def demo(
     Each device is a worker process on this machine; the robot is slowed to its speed and the
     WiFi link is shaped to its bandwidth and latency. Outputs are checked against one-device runs.
     """
+    from edgeweave.sim.stream import check_rate
+
     started = time.perf_counter()
+    check_rate(rate)
     the_cluster = load_cluster(cluster)  # fails fast, before capture and profiling
     if not json_out:
         print_cluster(the_cluster, console)
@@ -48,6 +53,7 @@ def demo(
         None,
         cache_dir,
         no_cache,
+        rate_per_s=rate,
     )
     rows = run_strategies(request, DEMO_STRATEGIES, quiet=json_out)
     if json_out:

@@ -25,7 +25,17 @@ from edgeweave.cli.common import (
     print_json,
 )
 from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster, prepare
-from edgeweave.cli.plan_cmd import ObjectiveOpt, StrategyOpt, attach_prediction
+from edgeweave.cli.plan_cmd import (
+    DeadlineOpt,
+    EnergyBudgetOpt,
+    EnergyScopeOpt,
+    ObjectiveOpt,
+    StrategyOpt,
+    attach_prediction,
+)
+from edgeweave.cli.rate import RateOpt
+from edgeweave.cli.resilience_opts import AdaptOpt, FaultOpt, print_recovery, resilience
+from edgeweave.cli.split_options import ChunksOpt, SplitAxisOpt, SplitRatiosOpt, hybrid_options
 from edgeweave.errors import UserError
 
 RequestsOpt = Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests to stream (after warm-up).")]
@@ -58,7 +68,7 @@ KeysOpt = Annotated[
 
 
 @contextlib.contextmanager
-def emulated_links(mode: str, cluster, plan):
+def emulated_links(mode: str, cluster, plan, every_device: bool = False):
     """Nothing for the in-process shaper; namespaces shaped by tc for `netns` (removed on exit)."""
     if mode == "shaper":
         yield None
@@ -68,7 +78,7 @@ def emulated_links(mode: str, cluster, plan):
     from edgeweave.runtime.netns import NetnsCluster, require_root
 
     require_root()
-    devices = list(plan.devices)
+    devices = list(cluster.devices) if every_device else list(plan.devices)  # a re-plan may use any
     rates = {(a, b): cluster.link(a, b).bandwidth_bps for a in devices for b in devices if a != b}
     with NetnsCluster(devices, plan.source, rates) as net:
         yield net
@@ -87,6 +97,9 @@ def execute(
     connect_timeout,
     show_progress: bool,
     keys: Path | None = None,
+    rate_per_s: float | None = None,
+    resilience: Any = None,
+    replan: Any = None,
 ) -> dict[str, Any]:
     from edgeweave.runtime.measure import RunConfig, run_plan
     from edgeweave.runtime.session import SessionOptions
@@ -97,8 +110,11 @@ def execute(
         trace=out / f"{stem}-trace.json",
         timeline=out / f"{stem}-timeline.png",
         options=SessionOptions(connect_timeout_s=connect_timeout, max_inflight=max_inflight, links=links, keys=keys),
+        rate_per_s=rate_per_s,
+        replan=replan(plan.strategy) if replan is not None else None,
+        resilience=resilience,
     )
-    with emulated_links(links, cluster, plan) as net:
+    with emulated_links(links, cluster, plan, every_device=replan is not None) as net:
         if not show_progress:
             return run_plan(plan, cluster, graph, weights, config, netns=net)
         with Progress(
@@ -130,6 +146,15 @@ def run(
     cluster: ClusterOpt = None,
     strategy: StrategyOpt = "pipeline",
     objective: ObjectiveOpt = "throughput",
+    energy_scope: EnergyScopeOpt = "source",
+    energy_budget: EnergyBudgetOpt = None,
+    deadline: DeadlineOpt = None,
+    rate: RateOpt = None,
+    split_ratios: SplitRatiosOpt = None,
+    chunks: ChunksOpt = None,
+    split_axis: SplitAxisOpt = None,
+    adapt: AdaptOpt = False,
+    fault: FaultOpt = None,
     requests: RequestsOpt = 20,
     links: LinksOpt = "shaper",
     out: OutDirOpt = Path("out/run"),
@@ -154,12 +179,19 @@ def run(
         keys,
         cache_dir,
         no_cache,
+        energy_scope=energy_scope,
+        energy_budget_j=energy_budget,
+        deadline_s=deadline,
+        rate_per_s=rate,
+        hybrid=hybrid_options(split_ratios, chunks, split_axis),
+        resilience=resilience(adapt, fault),
     )
     results = run_strategies(request, [strategy], quiet=json_out)
     if json_out:
         print_json(results[0])
     else:
         print_run(results[0])
+        print_recovery(results[0], console)
 
 
 def bench(
@@ -174,6 +206,15 @@ def bench(
         str, typer.Option("--strategies", help="Comma-separated strategies to run side by side.")
     ] = "local,offload,neurosurgeon,pipeline",
     objective: ObjectiveOpt = "latency",
+    energy_scope: EnergyScopeOpt = "source",
+    energy_budget: EnergyBudgetOpt = None,
+    deadline: DeadlineOpt = None,
+    rate: RateOpt = None,
+    split_ratios: SplitRatiosOpt = None,
+    chunks: ChunksOpt = None,
+    split_axis: SplitAxisOpt = None,
+    adapt: AdaptOpt = False,
+    fault: FaultOpt = None,
     requests: RequestsOpt = 20,
     links: LinksOpt = "shaper",
     out: OutDirOpt = Path("out/bench"),
@@ -199,6 +240,12 @@ def bench(
         keys,
         cache_dir,
         no_cache,
+        energy_scope=energy_scope,
+        energy_budget_j=energy_budget,
+        deadline_s=deadline,
+        rate_per_s=rate,
+        hybrid=hybrid_options(split_ratios, chunks, split_axis),
+        resilience=resilience(adapt, fault),
     )
     results = run_strategies(request, names, quiet=json_out)
     if json_out:
@@ -223,12 +270,20 @@ class RunRequest:
     keys: Path | None
     cache_dir: Path | None
     no_cache: bool
+    energy_scope: str = "source"  # energy-aware planning (plan/energy.py)
+    energy_budget_j: float | None = None
+    deadline_s: float | None = None
+    rate_per_s: float | None = None  # camera frames per second (None: every request ready at once)
+    resilience: Any = None  # --adapt / --fault: ResilienceOptions (re-plan, recover, replay)
+    hybrid: Any = None  # --split-ratios / --chunks / --split-axis: HybridOptions for the hybrid strategy
 
 
 def run_strategies(req: RunRequest, names: list[str], quiet: bool) -> list[dict[str, Any]]:
     """Plan every strategy first (a bad name fails before anything starts), then run each for real."""
     from edgeweave.plan.strategies import make_plan
+    from edgeweave.sim.stream import check_rate
 
+    check_rate(req.rate_per_s)
     the_cluster = load_cluster(req.cluster)
     if req.links not in ("shaper", "netns"):
         raise UserError(f"unknown --links {req.links!r}: use shaper or netns")
@@ -238,7 +293,22 @@ def run_strategies(req: RunRequest, names: list[str], quiet: bool) -> list[dict[
         load_keyring(req.keys, COORDINATOR)
     _, graph, weights, prof = prepare(req.choice, req.profile, req.cache_dir, req.no_cache)
     plans = [
-        attach_prediction(make_plan(prof, the_cluster, name, req.objective, graph), req.requests, req.max_inflight)
+        attach_prediction(
+            make_plan(
+                prof,
+                the_cluster,
+                name,
+                req.objective,
+                graph,
+                energy_scope=req.energy_scope,
+                energy_budget_j=req.energy_budget_j,
+                deadline_s=req.deadline_s,
+                hybrid=req.hybrid if name == "hybrid" else None,
+            ),
+            req.requests,
+            req.max_inflight,
+            req.rate_per_s,
+        )
         for name in names
     ]
     return [
@@ -254,13 +324,48 @@ def run_strategies(req: RunRequest, names: list[str], quiet: bool) -> list[dict[
             connect_timeout=req.connect_timeout,
             show_progress=not quiet,
             keys=req.keys,
+            rate_per_s=req.rate_per_s,
+            resilience=req.resilience,
+            replan=_replanner(prof, req, graph) if req.resilience is not None else None,
         )
         for p in plans
     ]
 
 
+def _replanner(prof, req: RunRequest, graph):
+    """`strategy -> (cluster -> Plan)`: the planner a resilient run calls after a failure or a
+    bandwidth change, with every planning option the first plan was made with."""
+    from edgeweave.plan.hybrid import SegmentGeometry
+    from edgeweave.plan.strategies import make_plan
+
+    geometry = SegmentGeometry(prof, graph) if graph is not None else None  # kept: re-plans take ~0.1 s
+
+    def for_strategy(strategy: str):
+        def replan(cluster):
+            return make_plan(
+                prof,
+                cluster,
+                strategy,
+                req.objective,
+                graph,
+                energy_scope=req.energy_scope,
+                energy_budget_j=req.energy_budget_j,
+                deadline_s=req.deadline_s,
+                hybrid=req.hybrid if strategy == "hybrid" else None,
+                geometry=geometry,
+            )
+
+        return replan
+
+    return for_strategy
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1e3:.1f} ms"
+
+
+def _joules(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} J"
 
 
 def print_run(r: dict[str, Any]) -> None:
@@ -270,16 +375,28 @@ def print_run(r: dict[str, Any]) -> None:
     )
     for col in ("", "measured", "predicted", "measured / predicted"):
         table.add_column(col, justify="left" if not col else "right")
+    fps = p.get("stream") or {}  # frames at --rate: latency from arrival, predicted at the same rate
+    at = f" at {fps['rate_per_s']:g} frames/s" if fps else ""
+    p50 = fps.get("latency_p50_s", p.get("stream_p50_latency_s"))
     rows = [
         ("latency, one request alone", r["single_latency_s"], p.get("latency_s")),
-        ("latency p50 in the stream", r["latency_s"]["p50"], p.get("stream_p50_latency_s")),
-        ("latency p95 in the stream", r["latency_s"]["p95"], None),
+        (f"latency p50 in the stream{at}", r["latency_s"]["p50"], p50),
+        (f"latency p95 in the stream{at}", r["latency_s"]["p95"], fps.get("latency_p95_s")),
     ]
     for label, m, pr in rows:
         table.add_row(label, _ms(m), _ms(pr), f"{m / pr:.2f}" if m and pr else "")
-    tp, pp = r["throughput_per_s"], p.get("throughput_per_s")
+    tp, pp = r["throughput_per_s"], fps.get("throughput_per_s", p.get("throughput_per_s"))
     table.add_row("throughput", f"{tp:.2f}/s", f"{pp:.2f}/s" if pp else "-", f"{tp / pp:.2f}" if pp else "")
+    for label, key in (("energy / inference, source", "source_energy_j"), ("energy / inference, all", "energy_j")):
+        m, pr = r.get(key), p.get(key)
+        if m is not None or pr is not None:
+            table.add_row(label, _joules(m), _joules(pr), f"{m / pr:.2f}" if m and pr else "")
     console.print(table)
+    power = r.get("measured_power") or {}
+    if power.get("available"):
+        console.print(f"host energy measured by {', '.join(power['sensors'])}: {power['host_energy_j']:.2f} J (stream)")
+    elif power:
+        console.print(f"measured energy: {power.get('why')}; energy above is modelled from the measured timeline")
     dev = Table(title="devices (stream)")
     for col in ("device", "tasks", "compute", "busy (padded)", "idle", "utilisation"):
         dev.add_column(col, justify="left" if col == "device" else "right")
@@ -326,6 +443,8 @@ def print_comparison(results: list[dict[str, Any]], title: str | None = None) ->
         "p50 stream",
         "throughput (pred)",
         "throughput (meas)",
+        "source J (pred)",
+        "source J (meas)",
         "exact?",
     ]
     if best is not None:
@@ -341,6 +460,8 @@ def print_comparison(results: list[dict[str, Any]], title: str | None = None) ->
             _ms(r["latency_s"]["p50"]),
             f"{p.get('throughput_per_s', 0):.2f}/s",
             f"{r['throughput_per_s']:.2f}/s",
+            _joules(p.get("source_energy_j")),
+            _joules(r.get("source_energy_j")),
             "yes" if r["correct"] else "NO",
         ]
         if best is not None:

@@ -16,6 +16,7 @@ from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.units import format_bytes, format_duration
 from edgeweave.errors import UserError
 from edgeweave.plan.ir import Plan
+from edgeweave.sim.energy import predict_energy
 
 
 def simulate(
@@ -68,11 +69,21 @@ def simulate(
                 "objective": loaded.objective,
                 "predicted": _predicted(loaded),
                 **result.to_dict(events=False),
+                **predict_energy(loaded, other, stream=result).fields(),
                 **written,
             }
         )
         return
     _print_tables(result, _predicted(loaded), title)
+    energy = predict_energy(loaded, other, stream=result)
+    if energy.single is not None and energy.stream is not None:
+        console.print(
+            f"energy per inference: {energy.single.source_j:.3f} J on {loaded.source} (source), "
+            f"{energy.single.total_j:.3f} J on all devices; in this stream {energy.stream.source_j:.3f} / "
+            f"{energy.stream.total_j:.3f} J per request"
+        )
+    else:
+        console.print(f"energy: unknown ({energy.why_not})")
     for what, where in written.items():
         console.print(f"{what} written to {where}")
 
@@ -87,7 +98,7 @@ def _write(action: Callable[[], Path], path: Path) -> Path:
 def _predicted(plan: Plan) -> dict[str, Any]:
     """The planner's own prediction (cost model), to compare with the simulation."""
     source = plan.predicted or plan.cost_model
-    return {k: source[k] for k in ("latency_s", "throughput_per_s") if k in source}
+    return {k: source[k] for k in ("latency_s", "throughput_per_s", "energy_j", "source_energy_j") if k in source}
 
 
 def _rate(value: float | None) -> str:

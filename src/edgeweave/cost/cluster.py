@@ -155,7 +155,8 @@ def _format_error(exc: ValidationError) -> str:
 class PowerModel(BaseModel):
     """Power of one device: idle, busy (computing) and radio (sending) in watts.
 
-    The radio model is P = radio_w_per_mbps * Mbps + radio_base_w while sending; the defaults
+    The radio model is P = radio_w_per_mbps * Mbps + radio_base_w while sending or receiving
+    (see cost/energy.py for how a timeline becomes joules); the defaults
     are the WiFi uplink fit of Huang et al. (MobiSys 2012) that Hybrid-Parallel uses. idle_w and
     busy_w may be left out: a cluster without energy numbers is still good for latency, and
     `require_complete` complains only when energy is actually asked for.
@@ -167,11 +168,13 @@ class PowerModel(BaseModel):
     busy_w: float | None = Field(None, ge=0)
     radio_w_per_mbps: float = Field(0.283, ge=0)
     radio_base_w: float = Field(0.133, ge=0)
+    # Receiving costs radio_w_per_mbps too unless this is given (Huang et al.'s downlink: 0.137).
+    radio_rx_w_per_mbps: float | None = Field(None, ge=0)
 
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
-        _check_keys(data, ("idle_w", "busy_w", "radio_w_per_mbps", "radio_base_w"))
+        _check_keys(data, ("idle_w", "busy_w", "radio_w_per_mbps", "radio_base_w", "radio_rx_w_per_mbps"))
         return data
 
     def require_complete(self, device_name: str) -> PowerModel:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from edgeweave.cost.profile import Profile
-from edgeweave.cost.region_overhead import measure_region_overhead
+from edgeweave.cost.region_overhead import measure_region_costs
 from edgeweave.graph.execute import GraphRunner
 from edgeweave.graph.opgraph import INPUT, OpGraph
 
@@ -95,7 +95,7 @@ def profile_graph(
                 progress(total_steps, total_steps)
     medians = [statistics.median(col) for col in zip(*samples, strict=True)]
     with torch_threads(threads):
-        region_overhead = measure_region_overhead(graph, weights, x, medians)
+        region_costs = measure_region_costs(graph, weights, x, medians)
     nodes = [
         {
             "name": n.name,
@@ -121,7 +121,7 @@ def profile_graph(
             "warmup": warmup,
             "repeats": repeats,
             "forward_time_s": forward_time,
-            "region_overhead_s": region_overhead,
+            "region_costs": region_costs,
             "reference_device": reference_device(threads),
             "nodes": nodes,
         }

@@ -1,15 +1,18 @@
-"""What computing a partial region really costs: a fixed price per node per band task.
+"""What computing a partial region really costs, measured: a slowdown and a price per node per task.
 
 A device that computes a band of a segment does not take `band/extent` of the whole segment's
-time: every node of every band task pays a fixed cost (operator dispatch, slicing the operand,
-padding the window at true borders, merging streamed chunks) that does not shrink with the band.
-Small bands and many chunks are therefore less efficient than the proportional model says
-(measured on this machine: ~80-120 us per node per band task, so a 30-node ResNet stem split
-into 1-row chunks costs about twice its proportional share).
+time. Operands are strided slices of bigger tensors (a column band far more than a row band:
+every row of it is a separate stretch of memory), windows are padded at true borders, streamed
+chunks are stitched to the rows kept from the previous chunk, and every node of every band task
+pays dispatch and bookkeeping that do not shrink with the band. Measured here on resnet18's stem,
+a 96% row band took ~1.3x its proportional share and each extra chunk ~200 us per node; a column
+band ~1.8x.
 
-The hybrid planner adds `region_overhead_s` (at the profile's reference speed) per node for
-every band task it schedules; the profiler measures it once per model and stores it in the
-profile JSON as an extra field (profiles without it fall back to DEFAULT_REGION_OVERHEAD_S).
+So the planner prices a band task as `slowdown[axis] * proportional work + overhead_s[axis] *
+nodes it runs`. The profiler measures both per axis, once per model, by least squares over band
+sizes and chunk counts run exactly as the runtime runs them (`run_bands` with a wavefront), and
+stores them in the profile JSON as the extra field `region_costs`; profiles without it use
+DEFAULT_REGION_COSTS.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import torch
 
 from edgeweave.graph.execute import GraphRunner
 from edgeweave.graph.opgraph import INPUT, OpGraph
-from edgeweave.graph.regions import local_runs, make_segment, needs, own_bands, run_bands
+from edgeweave.graph.regions import local_runs, make_segment, needs, own_bands, run_bands, split_bands, wavefront_start
 
-DEFAULT_REGION_OVERHEAD_S = 90e-6  # per node per band task, measured here on resnet18/mobilenet_v2
-FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+DEFAULT_REGION_COSTS = {
+    "rows": {"slowdown": 1.3, "overhead_s": 150e-6},
+    "cols": {"slowdown": 1.8, "overhead_s": 150e-6},
+}
+CONFIGS = ((0.25, 1), (0.25, 2), (1.0, 1), (1.0, 4))  # (share of the output, chunks)
 MAX_NODES = 40  # a segment long enough to average over op kinds, short enough to measure quickly
 MAX_SEGMENT_S = 0.03  # ... and at most this much profiled time (VGG's first conv alone is ~50 ms)
 
@@ -40,19 +46,30 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
-@torch.no_grad()
-def measure_region_overhead(
-    graph: OpGraph, weights: Mapping[str, torch.Tensor], x: torch.Tensor, node_times: list[float], repeats: int = 5
-) -> float | None:
-    """Seconds per node per band task beyond the proportional share of the profiled node times.
+def _chunks(own: Mapping[str, tuple[int, int]], chunks: int) -> list[dict[str, tuple[int, int]]]:
+    cuts = {v: [(a + x, a + y) for x, y in split_bands(b - a, [1.0] * chunks)] for v, (a, b) in own.items()}
+    subs = [{v: c[j] for v, c in cuts.items()} for j in range(chunks)]
+    return [s for s in subs if any(b > a for a, b in s.values())]
 
-    Runs bands of 1/16 to all of the longest local run (cut to MAX_NODES nodes and
-    MAX_SEGMENT_S) and fits measured = scale * proportional + overhead * nodes by least squares.
-    The proportional prediction comes from `node_times` (halo rows included); `scale` absorbs
-    a machine that runs faster or slower now than when the profile was taken (a shared VM), so
-    only the per-node intercept is kept. None when the model has no splittable segment.
-    """
-    runs = [(a, b) for a, b in local_runs(graph, "rows") if b > a]
+
+def streamed_work(segment, node_times: Mapping[str, float], own, chunks: int) -> tuple[float, int]:
+    """(proportional work, node tasks) of computing `own` in `chunks` wavefront chunks: every node
+    computes only rows no earlier chunk computed. The planner's chunk geometry uses the same rule."""
+    done: dict[str, tuple[int, int]] = {}
+    work, tasks = 0.0, 0
+    for sub in _chunks(own, chunks):
+        for v, (lo, hi) in needs(segment, sub).items():
+            start = wavefront_start(done.get(v), lo)
+            if hi > start:
+                work += node_times[v] * (hi - start) / segment.extent(v)
+                tasks += 1
+            prev = done.get(v)
+            done[v] = (lo if prev is None else min(lo, prev[0]), hi if prev is None else max(hi, prev[1]))
+    return work, tasks
+
+
+def _segment(graph: OpGraph, axis: str, node_times: list[float]):
+    runs = [(a, b) for a, b in local_runs(graph, axis) if b > a]
     if not runs:
         return None
     first, last = max(runs, key=lambda r: r[1] - r[0])
@@ -65,35 +82,66 @@ def measure_region_overhead(
             break
     seg = None
     while last >= first and seg is None:  # the cut may leave several values live: shorten until valid
-        seg = make_segment(graph, first, last, "rows")
+        seg = make_segment(graph, first, last, axis)
         last -= 0 if seg is not None else 1
-    if seg is None or last - first < 3:  # too few nodes to tell a per-node cost from noise
-        return None
-    runner = GraphRunner(graph, weights, range(first))
-    env = runner.run_nodes(range(first), {INPUT: x}, keep=set(seg.inputs)) if first else {INPUT: x}
+    return seg if seg is not None and seg.last - seg.first >= 3 else None
+
+
+@torch.no_grad()
+def measure_region_costs(
+    graph: OpGraph, weights: Mapping[str, torch.Tensor], x: torch.Tensor, node_times: list[float], repeats: int = 5
+) -> dict[str, dict[str, float]] | None:
+    """Per split axis, `slowdown` and `overhead_s` (see the module docstring), or None when the
+    model has no splittable segment. The segment is the longest local run at the model's start,
+    cut to MAX_NODES nodes and MAX_SEGMENT_S."""
+    out = {}
+    for axis in ("rows", "cols"):
+        seg = _segment(graph, axis, node_times)
+        fit = None if seg is None else _measure_axis(seg, weights, x, node_times, repeats)
+        if fit is not None:
+            out[axis] = {"slowdown": fit[0], "overhead_s": fit[1]}
+    return out or None
+
+
+def _measure_axis(seg, weights: Mapping[str, torch.Tensor], x: torch.Tensor, node_times: list[float], repeats: int):
+    """Fit one axis. Each configuration is timed alternately with the whole segment, and its time
+    is taken relative to it (median of the ratios) times the segment's profiled time: a machine
+    that is busier now than when it was profiled, or busier for a moment, does not pass for band
+    overhead."""
+    graph = seg.graph
+    runner = GraphRunner(graph, weights, range(seg.last + 1))
+    env = runner.run_nodes(range(seg.first), {INPUT: x}, keep=set(seg.inputs)) if seg.first else {INPUT: x}
     whole = {v: env[v] for v in seg.inputs}
+    times = {graph.nodes[i].name: node_times[i] for i in seg.nodes}
+    profiled = sum(times.values())
     extent = seg.extent(seg.outputs[-1])
-    points: list[tuple[float, int, float]] = []  # (proportional prediction, nodes run, measured)
-    for frac in FRACTIONS:
-        rows = max(1, round(extent * frac))
+
+    def plain() -> None:
+        runner.run_nodes(seg.nodes, dict(whole), keep=set(times))
+
+    points = []
+    for share, chunks in CONFIGS:
+        rows = max(1, round(extent * share))
         if rows < extent:
             own = own_bands(seg, [rows / extent, 1 - rows / extent])[0]
         else:
             own = {v: (0, seg.extent(v)) for v in seg.outputs}
-        need = needs(seg, own)
-        predicted = sum(
-            node_times[i] * (b - a) / seg.extent(graph.nodes[i].name)
-            for i in seg.nodes
-            if (iv := need.get(graph.nodes[i].name)) is not None
-            for a, b in [iv]
-        )
-        measured = _median_time(lambda own=own: run_bands(seg, weights, whole, own), repeats)
-        points.append((predicted, len(need), measured))
-    return _fit_intercept(points)
+
+        def streamed(subs=_chunks(own, chunks)) -> None:
+            state: dict = {}
+            for sub in subs:
+                run_bands(seg, weights, whole, sub, state)
+
+        streamed()
+        ratios = [_median_time(streamed, 1) / _median_time(plain, 1) for _ in range(repeats)]
+        work, tasks = streamed_work(seg, times, own, chunks)
+        points.append((work, tasks, statistics.median(ratios) * profiled))
+    return _fit(points)
 
 
-def _fit_intercept(points: list[tuple[float, int, float]]) -> float | None:
-    """Least squares of measured = a * predicted + c * nodes; returns c clamped to [0, 1 ms]."""
+def _fit(points: list[tuple[float, int, float]]) -> tuple[float, float] | None:
+    """Least squares of measured = slowdown * work + overhead * tasks, clamped to sane ranges
+    (slowdown 1-4, overhead 0-2 ms): a noisy measurement must not make splitting look free."""
     if len(points) < 2:
         return None
     pp = sum(p * p for p, _, _ in points)
@@ -104,5 +152,6 @@ def _fit_intercept(points: list[tuple[float, int, float]]) -> float | None:
     det = pp * nn - pn * pn
     if abs(det) < 1e-18:
         return None
-    c = (pp * nm - pn * pm) / det
-    return min(1e-3, max(0.0, c))
+    slowdown = (pm * nn - pn * nm) / det
+    overhead = (pp * nm - pn * pm) / det
+    return min(4.0, max(1.0, slowdown)), min(2e-3, max(0.0, overhead))

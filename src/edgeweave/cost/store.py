@@ -19,8 +19,13 @@ from edgeweave.cost.profile import Profile
 DEFAULT_CACHE = Path.home() / ".cache" / "edgeweave"
 
 
+# Bumped when the profiler starts measuring something new (2: region_costs), so older cached
+# profiles are measured again instead of silently lacking it.
+PROFILE_FORMAT = 2
+
+
 def profile_key(spec: str, input_shape: tuple[int, ...] | None, threads: int) -> str:
-    raw = json.dumps([spec, list(input_shape or []), threads, torch.__version__, platform.node()])
+    raw = json.dumps([spec, list(input_shape or []), threads, torch.__version__, platform.node(), PROFILE_FORMAT])
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in spec)[:40]
     return f"{safe}-{hashlib.sha1(raw.encode()).hexdigest()[:12]}"
 

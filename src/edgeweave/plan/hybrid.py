@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
-from edgeweave.cost.region_overhead import DEFAULT_REGION_OVERHEAD_S
+from edgeweave.cost.region_overhead import DEFAULT_REGION_COSTS
 from edgeweave.errors import UserError
 from edgeweave.graph.execute import last_uses
 from edgeweave.graph.locality import Interval
@@ -60,21 +60,24 @@ wake the receiver): measured 0.6-0.95 ms per band transfer on this machine (benc
 it on every transfer it emits (`TransferTask.overhead_s`), where the simulator adds it too."""
 
 
-def region_overhead(profile: Profile) -> float:
-    """Seconds per node per band task at the reference speed (measured by the profiler)."""
-    measured = (profile.model_extra or {}).get("region_overhead_s")
-    return DEFAULT_REGION_OVERHEAD_S if measured is None else float(measured)
+def region_costs(profile: Profile, axis: str) -> tuple[float, float]:
+    """(slowdown, seconds per node per band task at the reference speed) of band work along
+    `axis`, as the profiler measured them (cost/region_overhead.py), or the defaults."""
+    measured = ((profile.model_extra or {}).get("region_costs") or {}).get(axis)
+    costs = measured or DEFAULT_REGION_COSTS[axis]
+    return float(costs["slowdown"]), float(costs["overhead_s"])
 
 
 class _SegmentCost:
     """Fast per-band cost of one segment: compute seconds (at speed 1) and bytes in and out.
 
-    A band task costs its proportional share of every node it runs (halo rows included) plus the
-    profile's per-node `region_overhead_s`: small bands and many chunks are less efficient."""
+    A band task costs its proportional share of every node it runs (halo rows included) times the
+    measured slowdown of band work along its axis, plus a measured price per node: small bands,
+    column bands and many chunks are less efficient than the proportional model says."""
 
     def __init__(self, segment: Segment, profile: Profile):
         self.segment = segment
-        self.node_overhead = region_overhead(profile)
+        self.slowdown, self.node_overhead = region_costs(profile, segment.axis_name)
         self.times = {profile.nodes[i].name: profile.nodes[i].time_s for i in segment.nodes}
         self.out_bytes = {profile.nodes[i].name: profile.nodes[i].out_bytes for i in segment.nodes}
         self.value_bytes = profile.value_bytes
@@ -106,7 +109,7 @@ class _SegmentCost:
         seg = self.segment
         need = self.needs(own)
         work = sum(self.times[v] * (b - a) / seg.loc.shapes[v][seg.axis(v)] for v, (a, b) in need.items())
-        work += self.node_overhead * len(need)
+        work = self.slowdown * work + self.node_overhead * len(need)
         bytes_in = 0
         for v, (a, b) in self.input_bands(own).items():
             full = self.value_bytes(v)
@@ -128,6 +131,11 @@ def _transfer(pm: PipelineModel, a: int, b: int, nbytes: int) -> float:
 
 
 CHUNK_CHOICES = (1, 2, 4, 8)
+SPLIT_MARGIN = 0.08
+"""A band split must beat the best layer-wise plan by this fraction under the cost model to be
+chosen: band tasks run 10-50% over their prediction on a loaded 2-core host (measured: per-task
+timelines of resnet18 at 25 Mbps), layer-wise tasks ~10%, so a smaller predicted gain is as likely
+to be a loss. Hand-given split choices bypass it."""
 AXES = ("rows", "cols")
 
 
@@ -228,7 +236,7 @@ def _chunk_geometry(cost: _SegmentCost, own: dict[str, Interval], chunks: int, r
             geo.sends.append(new)
             geo.send_bytes.append(nbytes)
             geo.out_bytes.append(cost.band(sub)[2])
-            geo.work_s.append(work + cost.node_overhead * nodes)
+            geo.work_s.append(cost.slowdown * work + cost.node_overhead * nodes)
         cost.geometry[key] = geo
     return cost.geometry[key]
 
@@ -341,20 +349,7 @@ def _refine(
         return min((evaluate((r, extent - r), chunk) for r in fine), key=lambda x: x[0])[:3]
     rows = [round(r * extent) for r in _balance(cost, pm, devices, start, suffix)]
     rows[-1] = extent - sum(rows[:-1])
-    current = tuple(rows)
-    improved = True
-    while improved:
-        improved = False
-        for a in range(len(devices)):
-            for b in range(len(devices)):
-                for step in (1, 2, 4):
-                    if a == b or current[a] < step:
-                        continue
-                    trial = list(current)
-                    trial[a] -= step
-                    trial[b] += step
-                    if evaluate(tuple(trial))[0] < evaluate(current)[0]:
-                        current, improved = tuple(trial), True
+    current = local_search(evaluate, tuple(rows))
     return evaluate(current)[:3]
 
 
@@ -371,11 +366,8 @@ def _balance(
     start: float,
     gather_at: int,
 ) -> list[float]:
-    """Shares so that every device's bands reach the gathering device at the same time.
-
-    For a time T each device takes the largest band it can deliver by T (with its best chunk
-    count); T is the smallest time at which the bands cover the output. Bands are whole rows.
-    """
+    """Shares so that every device's bands reach the gathering device at the same time (each
+    device streaming with its best chunk count). Bands are whole rows."""
     seg = cost.segment
     extent = seg.extent(seg.outputs[-1])
     memo: dict[tuple[int, int], float] = {}
@@ -392,11 +384,19 @@ def _balance(
             memo[dev, rows] = min(schedule(cost, pm, dev, own, c, start, gather_at).ready for c in CHUNK_CHOICES)
         return memo[dev, rows]
 
-    def rows_by(dev: int, T: float) -> int:
+    return [r / extent for r in balanced_rows(devices, extent, ready, start)]
+
+
+def balanced_rows(devices: list[int], extent: int, ready: Callable[[int, int], float], start: float) -> list[int]:
+    """Rows per device such that all bands are ready at about the same time: for a time T each
+    device takes the most rows it can deliver by T (`ready(dev, rows)` grows with rows), and the
+    smallest T at which the rows cover `extent` is bisected. Surplus rows come off the last devices."""
+
+    def rows_by(dev: int, t: float) -> int:
         lo, hi = 0, extent
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if ready(dev, mid) <= T:
+            if ready(dev, mid) <= t:
                 lo = mid
             else:
                 hi = mid - 1
@@ -411,11 +411,31 @@ def _balance(
             lo_t = mid
     rows = [rows_by(d, hi_t) for d in devices]
     excess = sum(rows) - extent
-    for k in range(len(rows) - 1, -1, -1):  # trim the surplus from the last devices
+    for k in range(len(rows) - 1, -1, -1):
         cut = min(excess, rows[k])
         rows[k] -= cut
         excess -= cut
-    return [r / extent for r in rows]
+    rows[0] += extent - sum(rows)  # cannot happen after bisection, but never lose a row
+    return rows
+
+
+def local_search(evaluate: Callable[[tuple[int, ...]], tuple], start: tuple[int, ...]) -> tuple[int, ...]:
+    """Move rows between pairs of devices (steps of 4, 2, 1) while `evaluate(rows)[0]` shrinks."""
+    current = start
+    improved = True
+    while improved:
+        improved = False
+        for a in range(len(current)):
+            for b in range(len(current)):
+                for step in (4, 2, 1):
+                    if a == b or current[a] < step:
+                        continue
+                    trial = list(current)
+                    trial[a] -= step
+                    trial[b] += step
+                    if evaluate(tuple(trial))[0] < evaluate(current)[0] - 1e-12:
+                        current, improved = tuple(trial), True
+    return current
 
 
 def candidate_segments(graph: OpGraph, max_per_run: int = 24) -> list[tuple[int, int, str]]:
@@ -540,10 +560,10 @@ def plan_hybrid(
     best_split = None
 
     def cutoff() -> float:
-        return min(best_latency * 0.999, best_split.latency_s if best_split else math.inf)
+        return min(best_latency * (1 - SPLIT_MARGIN), best_split.latency_s if best_split else math.inf)
 
     for choice in hybrid_splits(profile, graph, pm, geometry, cutoff, options):
-        if choice.latency_s < best_latency * 0.999 and (best_split is None or choice.latency_s < best_split.latency_s):
+        if choice.latency_s < cutoff():
             best_split = choice
     if best_split is not None:
         return build_hybrid_plan(profile, graph, cluster, pm, best_split, objective)

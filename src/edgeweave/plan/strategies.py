@@ -10,10 +10,11 @@ from edgeweave.errors import UserError
 from edgeweave.graph.opgraph import OpGraph
 from edgeweave.plan.build import Placement, build_plan, stages_to_placement
 from edgeweave.plan.costmodel import PipelineModel
+from edgeweave.plan.hybrid import HybridOptions, SegmentGeometry
 from edgeweave.plan.ir import Plan
 from edgeweave.plan.pipeline import plan_pipeline
 
-OBJECTIVES = ("throughput", "latency")
+OBJECTIVES = ("throughput", "latency", "energy")  # energy: see plan/energy.py
 
 
 def _pipeline(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
@@ -27,19 +28,44 @@ def strategies() -> dict[str, Callable[[Profile, PipelineModel, str], Placement]
     return {**BASELINES, "pipeline": _pipeline}
 
 
-GRAPH_STRATEGIES = ("hybrid", "hybrid-grid")  # need the operator graph (locality analysis), not only the profile
+# need the operator graph (locality analysis), not only the profile
+GRAPH_STRATEGIES = ("hybrid", "hybrid-grid", "tensor")
 
 
 def make_plan(
-    profile: Profile, cluster: Cluster, strategy: str, objective: str = "throughput", graph: OpGraph | None = None
+    profile: Profile,
+    cluster: Cluster,
+    strategy: str,
+    objective: str = "throughput",
+    graph: OpGraph | None = None,
+    *,
+    energy_scope: str = "source",
+    energy_budget_j: float | None = None,
+    deadline_s: float | None = None,
+    hybrid: HybridOptions | None = None,
+    geometry: SegmentGeometry | None = None,
 ) -> Plan:
-    """Plan `profile` on `cluster` with `strategy`: a pure function of its inputs."""
+    """Plan `profile` on `cluster` with `strategy`: a pure function of its inputs.
+
+    `objective="energy"`, an energy budget or a deadline choose among the strategy's candidate
+    plans by simulated energy (plan/energy.py); `energy_scope` is "source" or "total".
+    `hybrid` fixes split choices by hand (ratios, chunks, axis) for `--strategy hybrid` only;
+    `geometry` (kept by a caller that re-plans one model often) makes hybrid re-plans fast.
+    """
+    if hybrid is not None and hybrid.fixed and strategy != "hybrid":
+        raise UserError(f"--split-ratios, --chunks and --split-axis apply to --strategy hybrid, not {strategy}")
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     table = strategies()
     if strategy not in table and strategy not in GRAPH_STRATEGIES:
         names = sorted([*table, *GRAPH_STRATEGIES])
         raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(names)}")
+    from edgeweave.plan.energy import plan_for_energy, wants_energy
+
+    if wants_energy(objective, energy_budget_j, deadline_s):
+        if hybrid is not None and hybrid.fixed:
+            raise UserError("hand-given split choices cannot be combined with energy objectives or constraints")
+        return plan_for_energy(profile, cluster, strategy, objective, graph, energy_scope, energy_budget_j, deadline_s)
     if strategy in GRAPH_STRATEGIES:
         from edgeweave.plan.hybrid import plan_hybrid, plan_hybrid_grid
 
@@ -48,7 +74,12 @@ def make_plan(
                 f"--strategy {strategy} needs the model itself (it analyses which operators can be "
                 "split): give MODEL, not only --profile"
             )
-        return (plan_hybrid if strategy == "hybrid" else plan_hybrid_grid)(profile, graph, cluster, objective)
+        from edgeweave.plan.tensor import plan_tensor
+
+        if strategy == "hybrid":
+            return plan_hybrid(profile, graph, cluster, objective, geometry=geometry, options=hybrid)
+        planner = {"hybrid-grid": plan_hybrid_grid, "tensor": plan_tensor}[strategy]
+        return planner(profile, graph, cluster, objective)
     pm = PipelineModel.build(profile, cluster)
     placement = table[strategy](profile, pm, objective)
     return build_plan(profile, cluster, pm, placement, strategy, objective)

@@ -29,13 +29,15 @@ class Refused(Exception):
 
 
 class Admission:
-    def __init__(self, max_inflight: int, source: bool):
+    def __init__(self, max_inflight: int, source: bool, first: int = 0):
         self.slack = 4 * max_inflight
         self.per_peer = 2 * max_inflight  # the window plus room for finish notices still in flight
         self.source = source
         self.lock = threading.Lock()
-        self.floor = 0  # every id below has completed (or is too old to matter)
-        self.highest = -1
+        # every id below has completed (or is too old to matter); a redeployment starts at
+        # `first`, so data for a request of the previous deployment is refused as a replay
+        self.floor = first
+        self.highest = first - 1
         self.completed: set[int] = set()
         self.started: set[int] = set()
         self.received: dict[int, set[str]] = {}

@@ -11,17 +11,23 @@ from typing import Any
 
 import torch
 
-from edgeweave.graph.opgraph import OpGraph
-from edgeweave.graph.regions import Band, Segment, input_axis, make_segment, run_bands
+from edgeweave.graph.opgraph import INPUT, OpGraph
+from edgeweave.graph.regions import Band, Segment, input_axis, input_bands, make_segment, run_bands
 
 
 class BandContext:
-    """Segments of one deployment, rebuilt from the (weightless) graph the coordinator ships."""
+    """Segments of one deployment, rebuilt from the (weightless) graph the coordinator ships.
 
-    def __init__(self, graph: OpGraph):
+    `regions` (those of the deployment's tasks) are built up front: a device that only receives
+    bands of a segment (a gathering device with no rows of it) must still know their axis.
+    """
+
+    def __init__(self, graph: OpGraph, regions: list[Mapping[str, Any]] = ()):
         self.graph = graph
         self.index = graph.index()  # built once: `assemble` runs before every ordinary task
         self.segments: dict[tuple[int, int, str], Segment] = {}
+        for region in regions:
+            self.segment(region)
 
     def segment(self, region: Mapping[str, Any]) -> Segment:
         first, last = region["segment"]
@@ -36,6 +42,9 @@ class BandContext:
     def inputs_of(self, region: Mapping[str, Any]) -> list[str]:
         return self.segment(region).inputs
 
+    def shape(self, value: str) -> list[int]:
+        return list(self.graph.input_shape) if value == INPUT else list(self.graph.nodes[self.index[value]].out_shape)
+
 
 def outgoing(
     env: Mapping[str, torch.Tensor], bands: Mapping[str, list[Band]], ctx: BandContext, task: Mapping[str, Any]
@@ -46,12 +55,15 @@ def outgoing(
     out = []
     for v in task["values"]:
         lo, hi = region["bands"][v]
+        axis = input_axis(seg, v) if v in seg.inputs else seg.axis(v)
         if v in env:  # a whole value held here (a segment input on the source)
-            axis = input_axis(seg, v)
             out.append(env[v].narrow(axis, lo, hi - lo).contiguous())
-        else:  # a band this device computed
-            band = next(b for b in bands[v] if b.start <= lo and b.start + b.tensor.shape[seg.axis(v)] >= hi)
-            out.append(band.tensor.narrow(seg.axis(v), lo - band.start, hi - lo).contiguous())
+            continue
+        # a band this device computed, or (several split layers) one gathered here from bands
+        band = covering(bands.get(v, []), axis, ctx.shape(v), lo, hi)
+        if band is None:
+            raise ValueError(f"task {task['id']}: rows {lo}-{hi} of {v} are not held here")
+        out.append(band.tensor.narrow(axis, lo - band.start, hi - lo).contiguous())
     return out
 
 
@@ -68,20 +80,34 @@ def compute(
     ctx: BandContext,
     weights: Mapping[str, torch.Tensor],
     task: Mapping[str, Any],
+    wavefronts: dict[tuple, dict[str, Band]] | None = None,
 ) -> None:
-    """Run a band task: its own bands of the segment outputs join `bands`."""
+    """Run a band task: its own bands of the segment outputs join `bands`.
+
+    `wavefronts` (per request) keeps, per segment, the rows every node computed for the earlier
+    chunks of this device's band, so a chunk computes only new rows (see `run_bands`)."""
     region = task["region"]
     seg = ctx.segment(region)
+    own = {v: (int(a), int(b)) for v, (a, b) in region["own"].items()}
     inputs: dict[str, Any] = {}
+    needed = input_bands(seg, own)
     for v in seg.inputs:
         if v in env:
             inputs[v] = env[v]
-        elif v in bands:
-            inputs[v] = merged(bands[v], input_axis(seg, v))
-    own = {v: (int(a), int(b)) for v, (a, b) in region["own"].items()}
+        elif v in bands and v in needed:
+            band = covering(bands[v], input_axis(seg, v), ctx.shape(v), *needed[v])
+            if band is None:
+                raise ValueError(f"task {task['id']}: rows {needed[v]} of {v} have not arrived")
+            inputs[v] = band
     with torch.no_grad():
-        for v, band in run_bands(seg, weights, inputs, own).items():
+        wavefront = None if wavefronts is None else wavefronts.setdefault(_segment_key(region), {})
+        for v, band in run_bands(seg, weights, inputs, own, wavefront).items():
             bands.setdefault(v, []).append(band)
+
+
+def _segment_key(region: Mapping[str, Any]) -> tuple:
+    first, last = region["segment"]
+    return int(first), int(last), str(region["axis"])
 
 
 def merged(pieces: list[Band], axis: int) -> Band:
@@ -105,6 +131,34 @@ def merged(pieces: list[Band], axis: int) -> Band:
     return Band(torch.cat(tensors, dim=axis), ordered[0].start)
 
 
+def covering(pieces: list[Band], axis: int, shape: list[int], lo: int, hi: int) -> Band | None:
+    """One band holding rows [lo, hi) of a value along `axis`, merged from the pieces held, or None.
+
+    With several split layers a device holds pieces of one value from different tasks (bands it
+    computed, halos it was sent, possibly along another axis): only pieces that are whole on every
+    other axis are bands along `axis`, and the merged run that contains [lo, hi) is the answer.
+    """
+    fits = [
+        p
+        for p in pieces
+        if all(p.tensor.shape[d] == n for d, n in enumerate(shape) if d != axis) and p.tensor.dim() == len(shape)
+    ]
+    runs: list[list[Band]] = []
+    end = None  # where the current run stops
+    for piece in sorted(fits, key=lambda b: b.start):
+        if end is not None and piece.start <= end:
+            runs[-1].append(piece)
+        else:
+            runs.append([piece])
+            end = piece.start
+        end = max(end, piece.start + piece.tensor.shape[axis])
+    for run in runs:
+        band = merged(run, axis)
+        if band.start <= lo and band.start + band.tensor.shape[axis] >= hi:
+            return band
+    return None
+
+
 def assemble(env: dict[str, torch.Tensor], bands: dict[str, list[Band]], ctx: BandContext) -> None:
     """Concatenate every gathered value from its bands, in order along its split axis."""
     for v in list(bands):
@@ -113,9 +167,11 @@ def assemble(env: dict[str, torch.Tensor], bands: dict[str, list[Band]], ctx: Ba
         axis = _value_axis(ctx, v)
         if axis is None:
             continue
-        whole = merged(bands[v], axis)
-        if whole.start == 0 and whole.tensor.shape[axis] == ctx.graph.nodes[ctx.index[v]].out_shape[axis]:
+        shape = ctx.shape(v)
+        whole = covering(bands[v], axis, shape, 0, shape[axis])
+        if whole is not None:  # from now on the whole value serves every reader (kept while one is left)
             env[v] = whole.tensor
+            del bands[v]
 
 
 def _value_axis(ctx: BandContext, value: str) -> int | None:

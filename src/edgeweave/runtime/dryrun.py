@@ -21,16 +21,17 @@ from edgeweave.runtime import bands as band_ops
 @torch.no_grad()
 def dry_run(plan: Plan, graph: OpGraph, weights: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     runner = GraphRunner(graph, weights)
-    ctx = band_ops.BandContext(graph)
+    ctx = band_ops.BandContext(graph, [t.region for t in plan.tasks if t.region is not None])
     env: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     held: dict[str, dict[str, list]] = defaultdict(dict)
+    wavefronts: dict[str, dict] = defaultdict(dict)
     env[plan.source][INPUT] = x
     for task in plan.tasks:
         t = task.model_dump()
         if task.kind == "compute":
             dev = task.device
             if task.region is not None:
-                band_ops.compute(env[dev], held[dev], ctx, weights, t)
+                band_ops.compute(env[dev], held[dev], ctx, weights, t, wavefronts[dev])
             else:
                 band_ops.assemble(env[dev], held[dev], ctx)
                 runner.run_nodes(task.nodes, env[dev], keep=set(env[dev]) | {graph.nodes[-1].name})

@@ -21,6 +21,7 @@ from edgeweave.cost.profiler import torch_threads
 from edgeweave.graph.execute import GraphRunner
 from edgeweave.graph.opgraph import OpGraph, dtype_from_name
 from edgeweave.plan.ir import Plan
+from edgeweave.runtime.power import PowerMeter, find_sensors, measured_energy, probe
 from edgeweave.runtime.session import Session, SessionOptions
 from edgeweave.sim.simulator import steady_throughput
 
@@ -38,6 +39,11 @@ class RunConfig:
     options: SessionOptions | None = None
     trace: Path | None = None
     timeline: Path | None = None
+    rate_per_s: float | None = None  # a camera stream: frames arrive at this rate (None: all at once)
+    # re-planning on failures (and on measured bandwidth, see ResilienceOptions.adapt): the
+    # caller's planner, `replan(cluster) -> Plan`; None runs the plan as it is
+    replan: Any = None
+    resilience: Any = None  # runtime.resilient.ResilienceOptions
 
 
 def make_inputs(graph: OpGraph, count: int, seed: int, vocab: int = 30522) -> list[torch.Tensor]:
@@ -80,24 +86,33 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
         inputs[config.warmup + config.single :],
     )
     started = time.perf_counter()
-    with Session(cluster, plan, graph, weights, config.options, netns=netns) as session:
+    with _open_session(plan, cluster, graph, weights, config, netns) as session:
         startup_s = time.perf_counter() - started
         session.infer_many(warm)
         session.collect_events()
         single_lat = []
         outputs = []
+        first_single = session.next_request
         for x in single:
             t0 = time.perf_counter()
             outputs.append(session.infer(x))
             single_lat.append(time.perf_counter() - t0)
-        session.collect_events()
+        single_events = session.collect_events()  # priced request by request (energy per inference)
+        single_windows = [
+            (r, session.submitted[r], session.results[r][1])
+            for r in range(first_single, session.next_request)
+            if r in session.results
+        ]
         first_id = session.next_request
         t_stream = time.time()
-        outputs += session.infer_many(stream, progress=progress)
+        meter = PowerMeter(find_sensors())  # the host's real energy, where it has a sensor
+        with meter:
+            outputs += session.infer_many(stream, progress=progress, rate_per_s=config.rate_per_s)
         events = session.collect_events()
         lat = session.latencies()
-        stream_ids = range(first_id, session.next_request)
+        stream_ids = [r for r in range(first_id, session.next_request) if r in session.results]  # replays: new ids
         finish = sorted(session.results[r][1] for r in stream_ids)
+        recovery = session.report() if config.replan is not None else None
     errors, close = _errors(graph, weights, single + stream, outputs)
     stream_lat = sorted(lat[r] for r in stream_ids)
     makespan = finish[-1] - t_stream if finish else 0.0
@@ -106,6 +121,7 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
         "objective": plan.objective,
         "model": plan.model,
         "requests": len(stream),
+        "rate_per_s": config.rate_per_s,
         "correct": close,
         "max_abs_err": max(errors),
         "latency_s": {"p50": _pct(stream_lat, 50), "p95": _pct(stream_lat, 95)},
@@ -117,6 +133,21 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
         **usage(events, plan, t_stream, makespan),
     }
     stream_events = [e for e in events if e["start"] >= t_stream - 1e-3]
+    result.update(
+        measured_energy(
+            cluster,
+            plan.devices,
+            plan.source,
+            single_windows,
+            single_events,
+            stream_events,
+            (t_stream, t_stream + makespan),
+            len(stream),
+        )
+    )
+    result["measured_power"] = {**probe(), "host_energy_j": meter.joules, "seconds": meter.seconds}
+    if recovery is not None:
+        result["recovery"] = recovery
     if config.trace or config.timeline:
         from edgeweave.sim.timeline import draw_timeline, write_trace
 
@@ -124,6 +155,10 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
         if config.trace:
             config.trace.parent.mkdir(parents=True, exist_ok=True)
             write_trace(shifted, config.trace, name=f"{plan.model} {plan.strategy} (measured)")
+            if recovery is not None:
+                from edgeweave.runtime.resilient import add_marks
+
+                add_marks(config.trace, recovery["marks"], t_stream)
             result["trace"] = str(config.trace)
         if config.timeline:
             config.timeline.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +167,15 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
             )
             result["timeline"] = str(config.timeline)
     return result
+
+
+def _open_session(plan, cluster, graph, weights, config: RunConfig, netns):
+    """A plain Session, or with `config.replan` one that re-plans on failures and bandwidth."""
+    if config.replan is None:
+        return Session(cluster, plan, graph, weights, config.options, netns=netns)
+    from edgeweave.runtime.resilient import ResilientSession
+
+    return ResilientSession(cluster, plan, graph, weights, config.replan, config.options, config.resilience, netns)
 
 
 def _errors(graph: OpGraph, weights, inputs, outputs) -> tuple[list[float], bool]:

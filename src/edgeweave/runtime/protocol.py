@@ -39,8 +39,12 @@ from edgeweave.runtime.wire import PROTOCOL, WireError
 DATA_HEADER_LIMIT = 64 << 10  # any header that is not the coordinator's
 CONTROL_HEADER_LIMIT = 16 << 20  # a deploy header lists the device's graph nodes
 CONTROL = frozenset({"hello", "ping", "collect", "shutdown"})
-COORDINATOR_ONLY = frozenset({"deploy", "collect", "shutdown"})
-KNOWN = CONTROL | {"data", "deploy"}
+COORDINATOR_ONLY = frozenset({"deploy", "collect", "shutdown", "probe"})
+KNOWN = CONTROL | {"data", "deploy", "probe", "probed"}
+# Link probes (the coordinator's bandwidth estimate of a link no plan uses right now): the
+# coordinator asks a worker to `probe` a peer, which receives `probed` filler bytes over the
+# emulated link and reports how long they took. Small, so they fit any deployment's frame limit.
+PROBE_MAX_BYTES = 48 << 10
 _DATA_FIELDS = frozenset({"v", "type", "request", "task", "values", "src", "t_start", "bytes", "tensors"})
 _CONTROL_FIELDS = frozenset({"v", "type", "tensors"})
 _MAX_REQUEST = 1 << 62
@@ -81,6 +85,37 @@ def check_control(header: dict[str, Any], frames: list[Any]) -> None:
     """hello, ping, collect and shutdown carry nothing but their type."""
     if header.keys() != _CONTROL_FIELDS or header["tensors"] != [] or len(frames) != 1:
         raise Drop("schema", f"malformed {header['type']} message")
+
+
+def check_probe(header: dict[str, Any], frames: list[Any]) -> None:
+    """probe: {dst, bytes}: send `bytes` filler bytes to peer `dst` (the coordinator only)."""
+    if (
+        header.keys() != _CONTROL_FIELDS | {"dst", "bytes"}
+        or header["tensors"] != []
+        or len(frames) != 1
+        or type(header["dst"]) is not str
+        or type(header["bytes"]) is not int
+        or not 0 < header["bytes"] <= PROBE_MAX_BYTES
+    ):
+        raise Drop("schema", "malformed probe message")
+
+
+def check_probed(header: dict[str, Any], frames: list[Any], sender: str | None) -> tuple[str, int, float]:
+    """probed: filler bytes from a peer; (src, bytes, t_start) once checked."""
+    if (
+        header.keys() != {"v", "type", "tensors", "src", "t_start", "bytes"}
+        or len(frames) != 2
+        or type(header["src"]) is not str
+        or type(header["bytes"]) is not int
+        or not 0 < header["bytes"] <= PROBE_MAX_BYTES
+        or frame_len(frames[1]) != header["bytes"]
+        or type(header["t_start"]) is not float
+        or not math.isfinite(header["t_start"])
+    ):
+        raise Drop("schema", "malformed probed message")
+    if sender is not None and sender != header["src"]:
+        raise Drop("spoofed", f"{sender} claims to be {header['src']}")
+    return header["src"], header["bytes"], header["t_start"]
 
 
 def same_json(a: Any, b: Any) -> bool:
@@ -253,6 +288,8 @@ class DeployMsg(_Strict):
     links: dict[str, dict[str, Any]] = Field(default_factory=dict)
     epoch: float | None = None
     shape_bandwidth: bool = True
+    first_request: int = Field(default=0, ge=0)  # a redeployment's requests start here
+    keep_weights: bool = False  # a redeployment: reuse the weights held, the blob adds the missing ones
     graph: GraphMsg | None = None
 
 

@@ -18,6 +18,7 @@ is refused as soon as a device is reached at an address other than loopback.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from edgeweave.cost.cluster import Cluster
 from edgeweave.errors import UserError
 from edgeweave.graph.opgraph import OpGraph, dtype_name
 from edgeweave.plan.ir import Plan
-from edgeweave.runtime.deploy import split_plan, weights_blob
+from edgeweave.runtime.deploy import DevicePart, split_plan, weights_blob
 from edgeweave.runtime.links import LinkSpec
 from edgeweave.runtime.process import LocalWorker, launch_worker
 from edgeweave.runtime.protocol import CONTROL_HEADER_LIMIT
@@ -51,7 +52,14 @@ from edgeweave.runtime.worker import Worker
 
 
 class DeviceFailure(UserError):
-    """A device stopped during a run (process died, stopped answering, or failed a task)."""
+    """A device stopped during a run (process died, stopped answering, or failed a task).
+
+    `device` names it (None when unknown), so that a resilient coordinator can re-plan without it.
+    """
+
+    def __init__(self, message: str, device: str | None = None):
+        super().__init__(message)
+        self.device = device
 
 
 @dataclass
@@ -69,11 +77,14 @@ class _Remote:
 class SessionOptions:
     connect_timeout_s: float = 5.0
     heartbeat_s: float = 0.25
-    dead_after_s: float = 2.0
+    # a ping unanswered this long means dead; checked every heartbeat, so a device is declared
+    # dead at most dead_after_s + heartbeat_s = 2 s after it stopped answering
+    dead_after_s: float = 1.75
     max_inflight: int | None = None
     links: str = "shaper"  # or "netns": the kernel shapes bandwidth, the application adds latency
     listen_host: str = "127.0.0.1"
     keys: Path | None = None  # a folder from `edgeweave keys`: every connection is then CURVE
+    connect_all: bool = False  # start/connect every device of the cluster, not only the plan's (re-planning)
 
 
 class Session:
@@ -98,6 +109,10 @@ class Session:
         self.submitted: dict[int, float] = {}
         self.pending: list = []
         self.keys: Keyring | None = None  # the coordinator's key pair and the members' public keys
+        self.weights = weights
+        self.held: dict[str, list[str]] = {}  # weight keys each device holds (from its last deployment)
+        self.epoch = time.monotonic()  # link traces run from here, across redeployments
+        self.on_telemetry: Any = None  # called with (device, pong header) for every pong
         try:
             self._start(weights)
         except BaseException:
@@ -108,6 +123,9 @@ class Session:
     def _start(self, weights: dict[str, torch.Tensor]) -> None:
         plan, opts = self.plan, self.options
         parts = split_plan(plan, self.graph)
+        if opts.connect_all:  # a later plan may use any device: connect them all now
+            for dev in self.cluster.devices:
+                parts.setdefault(dev, DevicePart(dev, []))
         source_keys = self._load_keys(parts)
         host = self.netns.address(plan.source) if self.netns else opts.listen_host
         self.source = Worker(
@@ -116,7 +134,7 @@ class Session:
             self.ctx,
             on_result=self._on_result,
             keyring=source_keys,
-            max_frame_bytes=parts[plan.source].frame_limit(self.graph, weights),
+            max_frame_bytes=self.frame_limit(parts[plan.source]),
             remote_control=False,
         )
         self.source.start_background()
@@ -126,7 +144,7 @@ class Session:
             if dev != plan.source and self.cluster.devices[dev].address is None:
                 prefix = self.netns.exec_prefix(dev) if self.netns else None
                 host = self.netns.address(dev) if self.netns else opts.listen_host
-                limit = part.frame_limit(self.graph, weights)
+                limit = self.frame_limit(part)
                 pending[dev] = launch_worker(dev, f"tcp://{host}:*", prefix, keys=opts.keys, max_frame_bytes=limit)
         self.pending = list(pending.values())  # stopped by close() if start-up fails half way
         for dev in parts:
@@ -141,13 +159,15 @@ class Session:
             self.remotes[dev] = _Remote(dev, address, sock, local)
             endpoints[dev] = address
         self._greet()
-        epoch = time.monotonic()
+        self.epoch = time.monotonic()
+        self._deploy(parts, endpoints, first_request=0)
+
+    def _deploy(self, parts: dict[str, Any], endpoints: dict[str, str], first_request: int) -> None:
+        """Ship every device its part (weights only where they changed) and wait until all are deployed."""
+        plan, opts, weights, epoch = self.plan, self.options, self.weights, self.epoch
         for dev, part in parts.items():
-            links = {
-                t["dst"]: LinkSpec.for_pair(self.cluster, dev, t["dst"]).to_dict()
-                for t in part.tasks
-                if t["kind"] == "transfer" and t["src"] == dev
-            }
+            # every peer's link, not only the plan's: an idle link can still be probed (resilient.py)
+            links = {d: LinkSpec.for_pair(self.cluster, dev, d).to_dict() for d in endpoints if d != dev}
             extra = {
                 "speed": self.cluster.devices[dev].speed,
                 "peers": endpoints,
@@ -155,9 +175,13 @@ class Session:
                 "epoch": epoch,
                 "shape_bandwidth": opts.links != "netns",
                 "max_inflight": self.max_inflight,
+                "first_request": first_request,
+                "keep_weights": dev in self.held,
             }
             msg = part.message(self.graph, plan, extra)
-            blob = weights_blob(weights, part.weight_keys)
+            held = set(self.held.get(dev, ()))
+            blob = weights_blob(weights, [k for k in part.weight_keys if k not in held])  # only what is missing
+            self.held[dev] = part.weight_keys
             if dev == plan.source:
                 self.source.deploy(msg, blob)
                 continue
@@ -165,10 +189,52 @@ class Session:
             frames = pack({**msg, "has_weights": bool(blob)})
             self._check_fits(remote, len(frames[0]), max(len(frames[0]), len(blob), part.largest_incoming(self.graph)))
             remote.sock.send_multipart([*frames, blob] if blob else frames, copy=False)
-        for remote in self.remotes.values():
+        for dev in parts:
+            if dev == plan.source:
+                continue
+            remote = self.remotes[dev]
             reply = self._expect(remote, "deployed", 120.0, f"device {remote.device}: deployment timed out")
             if reply.get("error"):
-                raise DeviceFailure(f"device {remote.device}: deployment failed: {reply['error']}")
+                raise DeviceFailure(f"device {remote.device}: deployment failed: {reply['error']}", remote.device)
+
+    # -- re-planning and recovery (see resilient.py: the caller decides placement) -------------
+    def redeploy(self, plan: Plan) -> None:
+        """Install a new plan on the devices already connected, between requests: requests still
+        in flight under the old plan are abandoned (the caller replays them); new request ids
+        continue, so data of the old deployment arriving late is refused as a replay."""
+        parts = split_plan(plan, self.graph)
+        missing = [d for d in parts if d != plan.source and d not in self.remotes]
+        if plan.source != self.plan.source or missing:
+            raise ValueError(f"redeploy: devices not connected: {', '.join(missing) or plan.source}")
+        idle = [d for d in self.remotes if d not in parts]  # stop their old work too
+        for dev in idle:
+            parts[dev] = DevicePart(dev, [])
+        endpoints = {plan.source: self.source.endpoint, **{d: r.endpoint for d, r in self.remotes.items()}}
+        self.plan = plan
+        for rid in list(self.submitted):
+            if rid not in self.results:
+                del self.submitted[rid]
+        self._deploy(parts, endpoints, first_request=self.next_request)
+
+    def drop_device(self, device: str) -> _Remote:
+        """Forget a failed device (its process, if it is ours and still alive, keeps running so
+        that it can rejoin); returns its connection record for probing."""
+        remote = self.remotes.pop(device)
+        self.held.pop(device, None)
+        return remote
+
+    def add_device(self, remote: _Remote) -> None:
+        """A device that answered again (or a relaunched worker) becomes usable by the next plan."""
+        self.remotes[remote.device] = remote
+        self.held.pop(remote.device, None)
+
+    def frame_limit(self, part: DevicePart) -> int:
+        """The device's MAXMSGSIZE: for its part, or (connect_all) for any part a re-plan may give it."""
+        if not self.options.connect_all:
+            return part.frame_limit(self.graph, self.weights)
+        whole = DevicePart(part.device, [], weight_keys=sorted(self.weights))
+        largest = max([n.out_bytes for n in self.graph.nodes] + [whole.largest_incoming(self.graph)])
+        return max(whole.frame_limit(self.graph, self.weights), 2 * largest + (1 << 20))
 
     def _load_keys(self, parts: dict[str, Any]) -> Keyring | None:
         """The coordinator's and the source's keys; without keys, refuse any non-loopback device."""
@@ -250,14 +316,14 @@ class Session:
                 remote.unanswered_since = None
                 if header["type"] == kind:
                     return header
-        raise DeviceFailure(message)
+        raise DeviceFailure(message, remote.device)
 
     def _receive(self, remote: _Remote) -> dict[str, Any]:
         """A reply from a worker; a malformed one ends the run naming the device, not with a traceback."""
         try:
             header, _ = unpack(remote.sock.recv_multipart(copy=False))
         except WireError as exc:
-            raise DeviceFailure(f"device {remote.device} sent a malformed reply: {exc}") from None
+            raise DeviceFailure(f"device {remote.device} sent a malformed reply: {exc}", remote.device) from None
         return header
 
     def _refused(self, remote: _Remote, monitor: zmq.Socket) -> None:
@@ -280,7 +346,8 @@ class Session:
             why = remote.local.last_log_line()
             raise DeviceFailure(
                 f"device {remote.device}: worker process exited with code "
-                f"{remote.local.exit_code()}" + (f": {why}" if why else "")
+                f"{remote.local.exit_code()}" + (f": {why}" if why else ""),
+                remote.device,
             )
 
     # -- requests ----------------------------------------------------------------------------
@@ -308,19 +375,31 @@ class Session:
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         return self.infer_many([x])[0]
 
-    def infer_many(self, frames: Iterable[torch.Tensor], progress=None) -> list[torch.Tensor]:
-        """Outputs in request order; at most `max_inflight` requests are in the system at once."""
+    def infer_many(
+        self, frames: Iterable[torch.Tensor], progress=None, rate_per_s: float | None = None
+    ) -> list[torch.Tensor]:
+        """Outputs in request order; at most `max_inflight` requests are in the system at once.
+
+        With `rate_per_s` the frames are a camera stream: frame k arrives k / rate_per_s after
+        the first and is submitted then (or when the window frees up); its latency (`latencies`)
+        counts from its arrival, queueing included, as the simulator's does."""
         frames = list(frames)
         for x in frames:
             self.validate_input(x)
+        if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
+            raise UserError(f"the frame rate must be > 0 frames per second, got {rate_per_s!r}")
         ids = []
         window = self.max_inflight
-        for x in frames:
+        t0 = time.time()
+        for k, x in enumerate(frames):
+            arrival = t0 + k / rate_per_s if rate_per_s else None
+            if arrival is not None:
+                self._sleep_until(arrival)
             self._wait(lambda: self._inflight() < window)
             rid = self.next_request
             self.next_request += 1
             ids.append(rid)
-            self.submitted[rid] = time.time()
+            self.submitted[rid] = time.time() if arrival is None else arrival
             self.source.submit(rid, x.contiguous())
         out = []
         for k, rid in enumerate(ids):
@@ -330,6 +409,17 @@ class Session:
             if progress:
                 progress(k + 1, len(ids))
         return out
+
+    def _sleep_until(self, wall_time: float) -> None:
+        """Wait for a frame's arrival time (to the millisecond), checking device health meanwhile."""
+        last_ping = time.monotonic()
+        while (remaining := wall_time - time.time()) > 0:
+            with self.cond:
+                self.cond.wait(min(remaining, self.options.heartbeat_s / 2))
+            now = time.monotonic()
+            if now - last_ping >= self.options.heartbeat_s:
+                self._heartbeat(now)
+                last_ping = now
 
     def _inflight(self) -> int:
         return sum(1 for rid in self.submitted if rid not in self.results)
@@ -351,21 +441,26 @@ class Session:
 
     def _heartbeat(self, now: float) -> None:
         if self.source.error:
-            raise DeviceFailure(f"device {self.plan.source}: {self.source.error}")
-        for remote in self.remotes.values():
+            raise DeviceFailure(f"device {self.plan.source}: {self.source.error}", self.plan.source)
+        if self.on_telemetry is not None:
+            self.on_telemetry(self.plan.source, {"links": self.source.take_link_samples()})
+        for remote in list(self.remotes.values()):
             self._check_process(remote)
             while remote.sock.poll(0):
                 header = self._receive(remote)
                 remote.last_pong = now
                 remote.unanswered_since = None
+                if self.on_telemetry is not None and header.get("type") == "pong":
+                    self.on_telemetry(remote.device, header)
                 if header.get("error"):
-                    raise DeviceFailure(f"device {remote.device}: {header['error']}")
+                    raise DeviceFailure(f"device {remote.device}: {header['error']}", remote.device)
             # Dead means: a ping went unanswered for too long. Time spent idle between calls
             # (no pings sent) says nothing about a device.
             if remote.unanswered_since is not None and now - remote.unanswered_since > self.options.dead_after_s:
                 raise DeviceFailure(
                     f"device {remote.device} at {remote.endpoint} stopped answering "
-                    f"(no heartbeat for {now - remote.unanswered_since:.1f} s)"
+                    f"(no heartbeat for {now - remote.unanswered_since:.1f} s)",
+                    remote.device,
                 )
             if remote.unanswered_since is None:
                 remote.unanswered_since = now

@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,8 @@ from edgeweave.runtime.protocol import (
     Drop,
     Incoming,
     check_control,
+    check_probe,
+    check_probed,
     decode_data,
     frame_len,
     parse_deploy,
@@ -75,13 +77,15 @@ class _Request:
     env: dict[str, torch.Tensor] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     bands: dict[str, list] = field(default_factory=dict)  # hybrid plans: bands held, by value
+    wavefronts: dict[tuple, dict] = field(default_factory=dict)  # rows each split segment has computed
 
 
 class Deployment:
     """One device's part of a plan, ready to run."""
 
-    def __init__(self, header: dict[str, Any], blob: bytes):
+    def __init__(self, header: dict[str, Any], blob: bytes, held: dict[str, torch.Tensor] | None = None):
         msg = parse_deploy(header).model_dump()
+        self.retired = threading.Event()  # set when a newer deployment replaces this one
         self.device: str = msg["device"]
         self.source: str = msg["source"]
         self.output: str = msg["output"]
@@ -90,7 +94,7 @@ class Deployment:
         self.order = {t["id"]: k for k, t in enumerate(self.tasks)}
         self.incoming = {t["id"] for t in self.tasks if t["kind"] == "transfer" and t["dst"] == self.device}
         self.expect = self._expectations(msg["receives"])
-        self.admission = Admission(msg["max_inflight"], source=self.device == self.source)
+        self.admission = Admission(msg["max_inflight"], source=self.device == self.source, first=msg["first_request"])
         self.max_frames = 1 + max((len(t.specs) for t in self.expect.values()), default=0)
         self.max_data_bytes = DATA_HEADER_LIMIT + max((t.nbytes for t in self.expect.values()), default=0)
         try:
@@ -103,9 +107,20 @@ class Deployment:
             model=msg.get("model", ""), input_shape=msg["input_shape"], input_dtype=msg["input_dtype"], nodes=nodes
         )
         self.weights = load_weights_blob(blob)
+        if msg["keep_weights"]:  # a re-plan ships only the weights this device does not hold yet
+            merged = {**(held or {}), **self.weights}
+            needed = {w for n in nodes for w in n.weights}
+            missing = sorted(needed - merged.keys())
+            if missing:
+                raise ValueError(f"weights neither held nor shipped: {', '.join(missing[:3])}")
+            self.weights = {k: merged[k] for k in needed}
         self.runner = GraphRunner(graph, self.weights) if nodes else None
         self.by_id = {t["id"]: t for t in self.tasks}
-        self.bands = band_ops.BandContext(OpGraph.from_dict(msg["graph"])) if msg.get("graph") else None
+        self.bands = (
+            band_ops.BandContext(OpGraph.from_dict(msg["graph"]), [t["region"] for t in self.tasks if t.get("region")])
+            if msg.get("graph")
+            else None
+        )
         self.keep = self._keep_sets()
         # When the output reaches the source by a transfer, hand it over on arrival: the robot's
         # application must not wait for the source's compute thread to finish unrelated work.
@@ -220,6 +235,9 @@ class Worker:
         self.senders: dict[str, tuple[threading.Thread, queue.Queue]] = {}
         self.requests: dict[int, _Request] = {}
         self.events: list[dict[str, Any]] = []
+        # (src, bytes, seconds) of recent incoming transfers as this receiver saw them, for the
+        # coordinator's bandwidth estimate; shipped with each pong, bounded between pongs
+        self.link_samples: deque[tuple[str, int, float]] = deque(maxlen=256)
         self.error: str | None = None
         self.dropped = 0
         self.drops: Counter[str] = Counter()
@@ -301,6 +319,10 @@ class Worker:
                 raise Drop("not deployed", "data before deployment")
             self._on_data(decode_data(header, frames, dep.expect, dep.admission, sender))
             return
+        if kind == "probed":  # filler bytes that measured a link for the coordinator's estimate
+            src, nbytes, t_start = check_probed(header, frames, sender)
+            self.link_samples.append((src, nbytes, time.time() - t_start))
+            return
         if kind in COORDINATOR_ONLY and not coordinator:
             raise Drop("not coordinator", f"{kind} from a peer that is not the coordinator")
         if kind in CONTROL:
@@ -319,16 +341,27 @@ class Worker:
                     "dropped": self.dropped,
                     "drops": dict(self.drops),
                     "active": len(self.requests),
+                    "links": self.take_link_samples(),
                 },
             )
         elif kind == "deploy":
             self._on_deploy(peer, header, frames)
+        elif kind == "probe":
+            check_probe(header, frames)
+            self.probe(header["dst"], header["bytes"])
         elif kind == "collect":
             self._reply(peer, {"type": "events", "device": self.name, "events": self.events, "error": self.error})
             self.events = []
         elif kind == "shutdown":
             self._reply(peer, {"type": "bye", "device": self.name})
             self.stopping.set()
+
+    def take_link_samples(self) -> list[list[Any]]:
+        """Incoming-transfer samples since the last call (the coordinator's estimator reads them)."""
+        out = []
+        while self.link_samples:
+            out.append(list(self.link_samples.popleft()))
+        return out
 
     def _on_deploy(self, peer: bytes, header: dict[str, Any], frames: list[Any]) -> None:
         try:
@@ -342,7 +375,8 @@ class Worker:
 
     def deploy(self, msg: dict[str, Any], blob: bytes) -> None:
         """Install a (new) deployment: stop the old one's threads, load only the shipped weights."""
-        deployment = Deployment(msg, blob)  # validates everything before the old one is stopped
+        held = self.deployment.weights if self.deployment is not None else None
+        deployment = Deployment(msg, blob, held)  # validates everything before the old one is stopped
         if self.keyring is not None:
             for dst in deployment.peers:
                 if dst != self.name:
@@ -354,14 +388,29 @@ class Worker:
         self.error = None
         self.inbox = queue.Queue()
         for dst in {t["dst"] for t in self.deployment.tasks if t["kind"] == "transfer" and t["src"] == self.name}:
-            q: queue.Queue = queue.Queue()
-            th = threading.Thread(target=self._send_loop, args=(dst, q), name=f"{self.name}->{dst}", daemon=True)
-            self.senders[dst] = (th, q)
-            th.start()
+            self._start_sender(dst)
         self.compute_thread = threading.Thread(target=self._compute_loop, name=f"{self.name}-compute", daemon=True)
         self.compute_thread.start()
 
+    def _start_sender(self, dst: str) -> None:
+        q: queue.Queue = queue.Queue()
+        th = threading.Thread(target=self._send_loop, args=(dst, q), name=f"{self.name}->{dst}", daemon=True)
+        self.senders[dst] = (th, q)
+        th.start()
+
+    def probe(self, dst: str, nbytes: int) -> None:
+        """Send `nbytes` of filler to `dst` through the emulated link, behind any data queued
+        there: the receiver's sample measures a link that the current plan leaves idle."""
+        dep = self.deployment
+        if dep is None or dst == self.name or dst not in dep.peers or dst not in dep.links:
+            raise Drop("schema", f"no link to probe towards {dst[:40]!r}")
+        if dst not in self.senders:
+            self._start_sender(dst)
+        self.senders[dst][1].put((None, "probe", [], [torch.zeros(nbytes, dtype=torch.uint8)], time.monotonic()))
+
     def _stop_threads(self) -> None:
+        if self.deployment is not None:
+            self.deployment.retired.set()  # a sender blocked on a lost peer gives up
         for th, q in self.senders.values():
             q.put(None)
             th.join(timeout=5)
@@ -381,6 +430,7 @@ class Worker:
         dep = self.deployment
         header, task = data.header, data.task.task
         arrived = time.time()
+        self.link_samples.append((header["src"], int(header["bytes"]), arrived - float(header["t_start"])))
         if len(self.events) < MAX_EVENTS:
             self.events.append(
                 {
@@ -401,7 +451,7 @@ class Worker:
         try:
             while True:
                 item = self.inbox.get()
-                if item is None:
+                if item is None or self.deployment.retired.is_set():
                     return
                 kind, request, values, task = item
                 state = self.requests.setdefault(request, _Request())
@@ -457,7 +507,7 @@ class Worker:
             return
         start = time.monotonic()
         if region is not None:
-            band_ops.compute(state.env, state.bands, dep.bands, dep.weights, task)
+            band_ops.compute(state.env, state.bands, dep.bands, dep.weights, task, state.wavefronts)
         else:
             dep.runner.run_nodes([dep.local[i] for i in task["nodes"]], state.env, keep=dep.keep[task["id"]])
         elapsed = time.monotonic() - start
@@ -499,17 +549,28 @@ class Worker:
                 # The link is free from when the message was handed over, not from when this
                 # thread finished pushing the previous one into ZeroMQ.
                 start, deliver = shaper.reserve(nbytes, queued_at)
-                wait_until(deliver)
-                header = {
-                    "type": "data",
-                    "request": request,
-                    "task": task,
-                    "values": names,
-                    "src": self.name,
-                    "t_start": wall(start),
-                    "bytes": nbytes,
-                }
-                sock.send_multipart(pack(header, tensors), copy=False)
+                if not wait_until(deliver, dep.retired):
+                    return
+                if request is None:  # a link probe: raw filler bytes
+                    probed = {"type": "probed", "src": self.name, "t_start": wall(start), "bytes": nbytes}
+                    frames = [*pack(probed), tensors[0].numpy().tobytes()]
+                else:
+                    header = {
+                        "type": "data",
+                        "request": request,
+                        "task": task,
+                        "values": names,
+                        "src": self.name,
+                        "t_start": wall(start),
+                        "bytes": nbytes,
+                    }
+                    frames = pack(header, tensors)
+                while not dep.retired.is_set():  # never block for ever on a peer that is gone
+                    try:
+                        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                        break
+                    except zmq.Again:
+                        dep.retired.wait(0.002)
         except Exception as exc:
             self.error = f"sending to {dst}: {type(exc).__name__}: {exc}"
         finally:

@@ -1,0 +1,258 @@
+"""Devices fail and links change: the resilient coordinator loses nothing and keeps order.
+
+Runtime tests use a small CNN (a few ms a request) on local worker processes; the estimator
+and hysteresis are unit-tested on synthetic samples.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from edgeweave.cost.cluster import Cluster
+from edgeweave.cost.profiler import profile_graph
+from edgeweave.errors import UserError
+from edgeweave.graph import GraphRunner, capture
+from edgeweave.plan.strategies import make_plan
+from edgeweave.runtime.estimator import Hysteresis, LinkEstimator, PlanCache, quantise
+from edgeweave.runtime.measure import make_inputs
+from edgeweave.runtime.resilient import Fault, RequestFailed, ResilienceOptions, ResilientSession
+from edgeweave.runtime.session import SessionOptions
+
+
+def _cluster(names=("a", "b", "c"), bandwidth="10Gbps") -> Cluster:
+    devices = {d: {"speed": 1.0, "memory": "1GiB"} for d in names}
+    return Cluster.from_dict(
+        {"source": "a", "devices": devices, "links": {"default": {"bandwidth": bandwidth, "latency": "0ms"}}}
+    )
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(1)
+    layers = []
+    for cin, cout in ((3, 8), (8, 8), (8, 8), (8, 8), (8, 8)):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+    module = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    graph, weights = capture(module, x, "small")
+    profile = profile_graph(graph, weights, x, warmup=0, repeats=1)
+    return graph, weights, profile
+
+
+def _replan(profile, graph, strategy="even"):
+    return lambda cluster: make_plan(profile, cluster, strategy, "throughput", graph)
+
+
+def test_sigkill_mid_stream_loses_nothing_and_keeps_order(small) -> None:
+    graph, weights, profile = small
+    cluster = _cluster()
+    replan = _replan(profile, graph)
+    plan = replan(cluster)
+    assert sorted(plan.devices) == ["a", "b", "c"]
+    frames = make_inputs(graph, 200, seed=5)
+    reference = GraphRunner(graph, weights)
+    opts = ResilienceOptions(faults=[Fault("c", after=60)])
+    with ResilientSession(cluster, plan, graph, weights, replan, SessionOptions(), opts) as rs:
+        outputs = rs.infer_many(frames)
+        report = rs.report()
+        first = rs.replans[0]
+        assert first["reason"] == "failure" and first["devices"] == ["a", "b"]  # planned over the survivors
+        assert all(r["reason"] == "rejoin" for r in rs.replans[1:])  # c relaunched, used again
+    assert len(outputs) == 200
+    for x, y in zip(frames, outputs, strict=True):
+        assert torch.equal(y, reference.run(x))
+    assert [f["device"] for f in report["failures"]] == ["c"]
+    assert report["failures"][0]["detect_s"] < 1.0  # an exited process is seen at the next heartbeat
+    assert report["replans"][0]["reason"] == "failure" and report["replans"][0]["devices"] == ["a", "b"]
+    assert 1 <= report["replayed"] <= 200 - 60
+    (recovery,) = report["recovery_s"]
+    assert recovery < 3.0, f"kill -> next completed request took {recovery:.2f} s"
+
+
+def test_no_plan_after_loss_fails_those_requests_then_recovers(small) -> None:
+    """When only devices that cannot hold the model remain, the affected requests fail clearly
+    (no hang), and the coordinator serves again once capacity returns (b relaunched)."""
+    graph, weights, profile = small
+    cluster = _cluster(("a", "b"))
+    real = _replan(profile, graph)
+
+    def replan(c: Cluster):
+        if "b" not in c.devices:
+            raise UserError("the model fits no remaining device")
+        return real(c)
+
+    plan = real(cluster)
+    frames = make_inputs(graph, 40, seed=2)
+    reference = GraphRunner(graph, weights)
+    opts = ResilienceOptions(faults=[Fault("b", after=10)])
+    with ResilientSession(cluster, plan, graph, weights, replan, SessionOptions(), opts) as rs:
+        started = time.monotonic()
+        with pytest.raises(RequestFailed, match="fits no remaining device") as info:
+            rs.infer_many(frames)
+        assert time.monotonic() - started < 10
+        failed = info.value.failed
+        assert failed and min(failed) >= 10 - 4  # only requests not completed before the kill
+        done = [i for i in range(40) if i not in failed]
+        for i in done:
+            assert torch.equal(info.value.outputs[i], reference.run(frames[i]))
+        # b is relaunched in the background; once it is back, requests run again on a and b
+        deadline = time.monotonic() + 30
+        while rs.no_plan and time.monotonic() < deadline:
+            time.sleep(0.3)
+            rs._retry_plan()
+        assert rs.no_plan is None and sorted(rs.plan.devices) == ["a", "b"]
+        again = rs.infer_many(frames[:5])
+        for x, y in zip(frames[:5], again, strict=True):
+            assert torch.equal(y, reference.run(x))
+
+
+# -- estimator and hysteresis ------------------------------------------------------------------
+
+
+def test_estimator_recovers_rate_and_latency_from_mixed_sizes() -> None:
+    est = LinkEstimator(alpha=0.5)
+    bw, lat = 20e6, 0.004
+    for nbytes in (10_000, 50_000, 200_000, 30_000, 120_000, 80_000) * 3:
+        est.add("a", "b", nbytes, lat + 8 * nbytes / bw)
+    e = est.links[("a", "b")]
+    assert e.latency_s == pytest.approx(lat, rel=1e-6)
+    assert est.bandwidth("a", "b") == pytest.approx(bw, rel=1e-3)  # early samples predate the fit
+    assert est.bandwidth("b", "a") is None
+
+
+def test_estimator_smooths_a_step_and_reads_pongs() -> None:
+    est = LinkEstimator(alpha=0.3)
+    for _ in range(10):
+        est.add_pong("b", {"links": [["a", 125_000, 0.01]]})  # 100 Mbps
+    assert est.bandwidth("a", "b") == pytest.approx(100e6)
+    est.add_pong("b", {"links": [["a", 125_000, 0.1]]})  # one sample at 10 Mbps moves it by alpha
+    assert est.bandwidth("a", "b") == pytest.approx(0.7 * 100e6 + 0.3 * 10e6)
+    est.add_pong("b", {"links": [["a", "junk"], None, ["a", 1, -1]]})  # ignored, never trusted
+    assert est.links[("a", "b")].samples == 11
+
+
+def test_hysteresis_does_not_flap_inside_the_band_and_switches_outside() -> None:
+    h = Hysteresis(low=0.5, high=2.0, confirm=3, hold_s=1.0)
+    h.switched({("a", "b"): 100e6}, now=0.0)
+    link = ("a", "b")
+    # noise within [50, 200] Mbps, even touching both edges: never a switch
+    assert not any(h.update(link, bps, 5.0 + k) for k, bps in enumerate([60e6, 190e6, 51e6, 199e6, 80e6] * 4))
+    # two samples outside then one inside resets the count
+    assert not h.update(link, 10e6, 30.0) and not h.update(link, 10e6, 30.1)
+    assert not h.update(link, 90e6, 30.2)
+    assert not h.update(link, 10e6, 30.3) and not h.update(link, 10e6, 30.4)
+    assert h.update(link, 10e6, 30.5)  # three in a row outside: switch
+    h.switched({link: 10e6}, now=31.0)
+    assert not any(h.update(link, 300e6, 31.1 + 0.1 * k) for k in range(5))  # hold time not over
+    assert h.update(link, 300e6, 32.5)
+    assert not h.update(("x", "y"), 1.0, 40.0)  # a link the plan does not use never triggers
+
+
+def test_plan_cache_shares_plans_for_nearby_conditions() -> None:
+    made = []
+    cache = PlanCache(lambda cond, devices: made.append((cond, devices)) or len(made))
+    p1, q1 = cache.get({("a", "b"): 100e6}, ("a", "b"))
+    p2, _ = cache.get({("a", "b"): 103e6}, ("a", "b"))
+    p3, _ = cache.get({("a", "b"): 10e6}, ("a", "b"))
+    p4, _ = cache.get({("a", "b"): 100e6}, ("a",))
+    assert p1 == p2 != p3 and p4 not in (p1, p3)
+    assert (cache.hits, cache.misses) == (1, 3)
+    assert q1[("a", "b")] == quantise(100e6) and 0.84 < quantise(100e6) / 100e6 < 1.19
+
+
+# -- a link dropped for 5 s (network namespaces, root only) ---------------------------------------
+
+
+def _netns_works() -> bool:
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+        return False
+    return subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _netns_works(), reason="needs root and Linux network namespaces")
+def test_link_down_for_5s_falls_back_to_local_then_uses_the_device_again(small) -> None:
+    from edgeweave.runtime.netns import NetnsCluster
+
+    graph, weights, profile = small
+    cluster = _cluster(("a", "b"), bandwidth="1Gbps")
+    replan = _replan(profile, graph)
+    plan = replan(cluster)
+    frames = make_inputs(graph, 200, seed=7)
+    reference = GraphRunner(graph, weights)
+    opts = ResilienceOptions(faults=[Fault("b", after=30, kind="link", duration_s=5.0)])
+    with NetnsCluster(["a", "b"], "a", {("a", "b"): 1e9, ("b", "a"): 1e9}, prefix="ewr") as net:
+        with ResilientSession(cluster, plan, graph, weights, replan, SessionOptions(links="netns"), opts, net) as rs:
+            outputs = rs.infer_many(frames, rate_per_s=20)  # 10 s of frames
+            report = rs.report()
+            failures, replans = rs.failures, rs.replans
+            assert sorted(rs.plan.devices) == ["a", "b"]  # b is used again after it returned
+    for x, y in zip(frames, outputs, strict=True):
+        assert torch.equal(y, reference.run(x))
+    assert [f["device"] for f in failures] == ["b"]
+    assert failures[0]["detect_s"] < 2.6  # declared dead within the 2 s heartbeat limit (+ one beat)
+    local, back = replans[0], replans[-1]
+    assert local["reason"] == "failure" and local["devices"] == ["a"]
+    assert local["at"] + local["switch_s"] - failures[0]["at"] < 1.0  # local fallback within 1 s of detection
+    assert back["reason"] == "rejoin" and back["devices"] == ["a", "b"]
+    assert back["at"] - failures[0]["at"] > 2.0  # only once the link was back
+    assert report["replayed"] >= 0 and report["recovery_s"][0] < 4.0
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def small_cnn() -> nn.Module:
+    """A factory for the CLI test (`test_resilience:small_cnn`)."""
+    layers = []
+    for cin, cout in ((3, 8), (8, 8), (8, 8), (8, 8)):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_cli_run_with_a_fault_reports_recovery(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(
+        "source: a\ndevices:\n"
+        + "".join(f"  {d}: {{speed: 1.0, memory: 1GiB}}\n" for d in "abc")
+        + "links:\n  default: {bandwidth: 10Gbps, latency: 0ms}\n"
+    )
+    args = ["run", "test_resilience:small_cnn", "--input-shape", "1,3,16,16", "--cluster", str(cluster)]
+    args += ["--strategy", "even", "--requests", "60", "--fault", "c@20", "--no-cache", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", "from edgeweave.cli import main; main()", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads(done.stdout)
+    assert run["correct"] and run["requests"] == 60
+    rec = run["recovery"]
+    assert [f["device"] for f in rec["failures"]] == ["c"] and rec["failures"][0]["recovery_s"] < 3.0
+    assert rec["replans"][0]["devices"] == ["a", "b"] and len(rec["recovery_s"]) == 1
+    marks = [e["name"] for e in json.loads(Path(run["trace"]).read_text())["traceEvents"] if e.get("ph") == "i"]
+    assert "failure c" in marks and "recovered" in marks
+
+
+def test_plan_cache_reuses_the_nearest_plan_within_a_step() -> None:
+    cache = PlanCache(lambda cond, devices: dict(cond))
+    both = {("a", "b"): 47e6, ("b", "a"): 47e6}
+    made, _ = cache.get(both, ("a", "b"))
+    plan, planned = cache.get({("a", "b"): 47e6, ("b", "a"): 67e6}, ("a", "b"))  # b->a half an octave up
+    assert plan is made and planned == dict(cache.key(both)[1])
+    far, _ = cache.get({("a", "b"): 47e6, ("b", "a"): 200e6}, ("a", "b"))
+    assert far is not made and (cache.hits, cache.misses) == (1, 2)
