@@ -19,9 +19,9 @@ from edgeweave.cost.profile import Profile
 DEFAULT_CACHE = Path.home() / ".cache" / "edgeweave"
 
 
-# Bumped when the profiler starts measuring something new (2: region_costs), so older cached
+# Bumped when the profiler starts measuring something new (2: region_costs; 3: their floors), so older cached
 # profiles are measured again instead of silently lacking it.
-PROFILE_FORMAT = 2
+PROFILE_FORMAT = 3
 
 
 def profile_key(spec: str, input_shape: tuple[int, ...] | None, threads: int) -> str:
