@@ -41,7 +41,8 @@ def profiled(zoo_graph):
 @pytest.mark.parametrize("bandwidth", ["100Mbps", "200Mbps"])
 def test_hybrid_splits_and_beats_every_layerwise_plan(profiled, bandwidth: str) -> None:
     _, graph, _, measured = profiled("resnet18")
-    profile = measured.model_copy(update={"region_costs": DEFAULT_REGION_COSTS})  # not this run's noise
+    cheap = {"slowdown": 1.0, "overhead_s": 90e-6}  # a pinned band cost model, not this run's measurement
+    profile = measured.model_copy(update={"region_costs": {"rows": cheap, "cols": cheap}})
     cluster = robot_server(bandwidth)
     plan = plan_hybrid(profile, graph, cluster)
     assert plan.strategy == "hybrid" and any(t.region for t in plan.tasks), plan.notes
