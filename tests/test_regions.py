@@ -16,6 +16,7 @@ from edgeweave.graph.locality import Window
 from edgeweave.graph.opgraph import INPUT
 from edgeweave.graph.regions import (
     Band,
+    chunk_bands,
     input_bands,
     local_runs,
     make_segment,
@@ -74,11 +75,7 @@ def wavefront_bands(segment, weights, env, own, chunks: int) -> dict:
     """`own` computed in `chunks` consecutive pieces sharing one wavefront state, joined again."""
     state: dict = {}
     pieces: dict[str, list] = {}
-    cuts = {v: [(a + x, a + y) for x, y in split_bands(b - a, [1.0] * chunks)] for v, (a, b) in own.items()}
-    for j in range(chunks):
-        sub = {v: c[j] for v, c in cuts.items()}
-        if not any(b > a for a, b in sub.values()):
-            continue
+    for sub in chunk_bands(own, chunks):
         for v, band in run_bands(segment, weights, env, sub, state).items():
             pieces.setdefault(v, []).append(band)
     return {v: Band(torch.cat([p.tensor for p in ps], dim=segment.axis(v)), ps[0].start) for v, ps in pieces.items()}

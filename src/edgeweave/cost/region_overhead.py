@@ -26,7 +26,7 @@ import torch
 
 from edgeweave.graph.execute import GraphRunner
 from edgeweave.graph.opgraph import INPUT, OpGraph
-from edgeweave.graph.regions import local_runs, make_segment, needs, own_bands, run_bands, split_bands, wavefront_start
+from edgeweave.graph.regions import chunk_bands, local_runs, make_segment, needs, own_bands, run_bands, wavefront_rows
 
 # Defaults, and floors for what the profiler reports: from per-task timelines of resnet18 runs
 # (2-8 streamed chunks, 10-50 Mbps), band tasks in worker processes took about 1.3x (rows) and
@@ -50,25 +50,13 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _chunks(own: Mapping[str, tuple[int, int]], chunks: int) -> list[dict[str, tuple[int, int]]]:
-    cuts = {v: [(a + x, a + y) for x, y in split_bands(b - a, [1.0] * chunks)] for v, (a, b) in own.items()}
-    subs = [{v: c[j] for v, c in cuts.items()} for j in range(chunks)]
-    return [s for s in subs if any(b > a for a, b in s.values())]
-
-
 def streamed_work(segment, node_times: Mapping[str, float], own, chunks: int) -> tuple[float, int]:
     """(proportional work, node tasks) of computing `own` in `chunks` wavefront chunks: every node
-    computes only rows no earlier chunk computed. The planner's chunk geometry uses the same rule."""
-    done: dict[str, tuple[int, int]] = {}
+    computes only rows no earlier chunk computed (the rule the planner's chunk geometry prices)."""
     work, tasks = 0.0, 0
-    for sub in _chunks(own, chunks):
-        for v, (lo, hi) in needs(segment, sub).items():
-            start = wavefront_start(done.get(v), lo)
-            if hi > start:
-                work += node_times[v] * (hi - start) / segment.extent(v)
-                tasks += 1
-            prev = done.get(v)
-            done[v] = (lo if prev is None else min(lo, prev[0]), hi if prev is None else max(hi, prev[1]))
+    for computed in wavefront_rows(needs(segment, sub) for sub in chunk_bands(own, chunks)):
+        work += sum(node_times[v] * (hi - lo) / segment.extent(v) for v, (lo, hi) in computed.items())
+        tasks += len(computed)
     return work, tasks
 
 
@@ -132,7 +120,7 @@ def _measure_axis(seg, weights: Mapping[str, torch.Tensor], x: torch.Tensor, nod
         else:
             own = {v: (0, seg.extent(v)) for v in seg.outputs}
 
-        def streamed(subs=_chunks(own, chunks)) -> None:
+        def streamed(subs=chunk_bands(own, chunks)) -> None:
             state: dict = {}
             for sub in subs:
                 run_bands(seg, weights, whole, sub, state)

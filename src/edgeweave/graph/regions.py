@@ -11,7 +11,7 @@ unsplit result.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +207,28 @@ def run_bands(
         band = bands[v]
         out[v] = Band(band.tensor.narrow(segment.axis(v), a - band.start, b - a), a)
     return out
+
+
+def chunk_bands(own: Mapping[str, Interval], chunks: int) -> list[dict[str, Interval]]:
+    """`own` cut into `chunks` consecutive sub-bands (of every output alike); empty ones dropped."""
+    cuts = {v: [(a + x, a + y) for x, y in split_bands(b - a, [1.0] * chunks)] for v, (a, b) in own.items()}
+    subs = [{v: c[j] for v, c in cuts.items()} for j in range(chunks)]
+    return [sub for sub in subs if any(b > a for a, b in sub.values())]
+
+
+def wavefront_rows(needed: Iterable[Mapping[str, Interval]]) -> Iterator[dict[str, Interval]]:
+    """For the rows each chunk of a band needs (`needs` of each chunk, in order), the rows every
+    node newly computes for it under `run_bands(..., wavefront)`: what the planner prices."""
+    done: dict[str, Interval] = {}
+    for need in needed:
+        new = {}
+        for v, (lo, hi) in need.items():
+            start = wavefront_start(done.get(v), lo)
+            if hi > start:
+                new[v] = (start, hi)
+            prev = done.get(v)
+            done[v] = (lo, hi) if prev is None else (min(lo, prev[0]), max(hi, prev[1]))
+        yield new
 
 
 def wavefront_start(done: Interval | None, lo: int) -> int:

@@ -28,6 +28,7 @@ from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import (
     Segment,
+    chunk_bands,
     input_axis,
     input_bands,
     local_runs,
@@ -35,7 +36,7 @@ from edgeweave.graph.regions import (
     needs,
     own_bands,
     split_bands,
-    wavefront_start,
+    wavefront_rows,
 )
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import ComputeTask, Plan, TransferTask
@@ -186,12 +187,6 @@ class BandSchedule:
     ready: float  # when the last output band has reached the gathering device
 
 
-def _chunked(own: dict[str, Interval], chunks: int) -> list[dict[str, Interval]]:
-    parts = {v: [(a + x, a + y) for x, y in split_bands(b - a, [1.0] * chunks)] for v, (a, b) in own.items()}
-    subs = [{v: p[j] for v, p in parts.items()} for j in range(chunks)]
-    return [sub for sub in subs if any(b > a for a, b in sub.values())]
-
-
 @dataclass
 class _Chunks:
     """The geometry of streaming one band in chunks: independent of link rates and device speeds,
@@ -211,11 +206,10 @@ def _chunk_geometry(cost: _SegmentCost, own: dict[str, Interval], chunks: int, r
     key = (tuple(sorted(own.items())), chunks, remote)
     if key not in cost.geometry:
         seg = cost.segment
-        subs = _chunked(own, chunks)
+        subs = chunk_bands(own, chunks)
         sent: dict[str, Interval] = {}
-        done: dict[str, Interval] = {}
         geo = _Chunks(subs, [], [], [], [])
-        for sub in subs:
+        for sub, computed in zip(subs, wavefront_rows(cost.needs(s) for s in subs), strict=True):
             new: dict[str, Interval] = {}
             nbytes = 0
             if remote:
@@ -226,17 +220,11 @@ def _chunk_geometry(cost: _SegmentCost, own: dict[str, Interval], chunks: int, r
                         new[v] = (a, max(hi, a))
                         nbytes += cost.value_bytes(v) * (max(hi, a) - a) // _axis_extent(seg, v)
                     sent[v] = (lo if got is None else got[0], max(hi, got[1] if got else hi))
-            work, nodes = 0.0, 0
-            for v, (lo, hi) in cost.needs(sub).items():
-                start = wavefront_start(done.get(v), lo)
-                if hi > start:
-                    work += cost.times[v] * (hi - start) / seg.loc.shapes[v][seg.axis(v)]
-                    nodes += 1
-                done[v] = (lo if done.get(v) is None else min(lo, done[v][0]), max(hi, done[v][1] if v in done else hi))
+            work = sum(cost.times[v] * (hi - lo) / seg.extent(v) for v, (lo, hi) in computed.items())
             geo.sends.append(new)
             geo.send_bytes.append(nbytes)
             geo.out_bytes.append(cost.band(sub)[2])
-            geo.work_s.append(cost.slowdown * work + cost.node_overhead * nodes)
+            geo.work_s.append(cost.slowdown * work + cost.node_overhead * len(computed))
         cost.geometry[key] = geo
     return cost.geometry[key]
 
@@ -635,6 +623,52 @@ def _split_latency(profile: Profile, pm: PipelineModel, ready: float, last: int,
     return ready + tail + _transfer(pm, suffix, pm.source, profile.output_bytes)
 
 
+def band_input(
+    task_id: str, src: str, dst: str, sched: BandSchedule, j: int, after: list[str], region: dict
+) -> TransferTask:
+    """The new input rows chunk j of a band needs, from the device holding them to `dst`."""
+    return TransferTask(
+        id=task_id,
+        src=src,
+        dst=dst,
+        values=sorted(sched.sends[j]),
+        bytes=sched.send_bytes[j],
+        after=list(after),
+        region={**region, "bands": {v: list(iv) for v, iv in sched.sends[j].items()}},
+        overhead_s=MESSAGE_OVERHEAD_S,  # counted by joint_latency, so the simulator adds it too
+    )
+
+
+def band_compute(
+    task_id: str, device: str, seg: Segment, sched: BandSchedule, j: int, speed: float, after: list[str], region: dict
+) -> ComputeTask:
+    """Chunk j of a band: the segment's nodes, computed for the chunk's own output rows."""
+    return ComputeTask(
+        id=task_id,
+        device=device,
+        nodes=list(seg.nodes),
+        after=list(after),
+        time_s=sched.work_s[j] / speed,
+        region={**region, "own": {v: list(iv) for v, iv in sched.chunks[j].items()}},
+    )
+
+
+def band_output(
+    task_id: str, src: str, dst: str, seg: Segment, sched: BandSchedule, j: int, compute_id: str, region: dict
+) -> TransferTask:
+    """Chunk j's output rows, to the device that gathers the bands."""
+    return TransferTask(
+        id=task_id,
+        src=src,
+        dst=dst,
+        values=list(seg.outputs),
+        bytes=sched.out_bytes[j],
+        after=[compute_id],
+        region={**region, "bands": {v: list(iv) for v, iv in sched.chunks[j].items()}},
+        overhead_s=MESSAGE_OVERHEAD_S,
+    )
+
+
 def build_hybrid_plan(
     profile: Profile, graph: OpGraph, cluster: Cluster, pm: PipelineModel, choice: SplitChoice, objective: str
 ) -> Plan:
@@ -664,53 +698,19 @@ def build_hybrid_plan(
         if sched is None:
             continue
         prev_compute: list[str] = list(after_prefix)
-        for j, sub in enumerate(sched.chunks):
+        for j in range(len(sched.chunks)):
             deps = list(prev_compute)
             if sched.sends[j]:  # the new input rows this chunk needs, streamed ahead of its compute
-                tid = f"in{k}.{j}"
-                bands = {v: list(iv) for v, iv in sched.sends[j].items()}
-                sends.append(
-                    TransferTask(
-                        id=tid,
-                        src=src,
-                        dst=names[dev],
-                        values=sorted(sched.sends[j]),
-                        bytes=sched.send_bytes[j],
-                        after=list(after_prefix),
-                        region={**region, "bands": bands},
-                        overhead_s=MESSAGE_OVERHEAD_S,
-                    )
-                )
-                deps.append(tid)
-            cid = f"band{k}.{j}"
-            tasks.append(
-                ComputeTask(
-                    id=cid,
-                    device=names[dev],
-                    nodes=list(seg.nodes),
-                    after=deps,
-                    time_s=sched.work_s[j] / float(pm.speed[dev]),
-                    region={**region, "own": {v: list(iv) for v, iv in sub.items()}},
-                )
-            )
-            prev_compute = [cid]
+                sends.append(band_input(f"in{k}.{j}", src, names[dev], sched, j, after_prefix, region))
+                deps.append(sends[-1].id)
+            compute = band_compute(f"band{k}.{j}", names[dev], seg, sched, j, float(pm.speed[dev]), deps, region)
+            tasks.append(compute)
+            prev_compute = [compute.id]
             if dev == choice.suffix_device:
-                gathers.append(cid)
+                gathers.append(compute.id)
                 continue
-            oid = f"out{k}.{j}"
-            tasks.append(
-                TransferTask(
-                    id=oid,
-                    src=names[dev],
-                    dst=suffix_name,
-                    values=list(seg.outputs),
-                    bytes=sched.out_bytes[j],
-                    after=[cid],
-                    region={**region, "bands": {v: list(iv) for v, iv in sub.items()}},
-                    overhead_s=MESSAGE_OVERHEAD_S,
-                )
-            )
-            gathers.append(oid)
+            tasks.append(band_output(f"out{k}.{j}", names[dev], suffix_name, seg, sched, j, compute.id, region))
+            gathers.append(tasks[-1].id)
     first_band = len(tasks) - sum(1 for t in tasks if t.id.startswith(("band", "out")))
     tasks[first_band:first_band] = sends
     last_task = gathers

@@ -39,10 +39,12 @@ from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import Segment, make_segment, own_bands
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.hybrid import (
-    MESSAGE_OVERHEAD_S,
     BandSchedule,
     _SegmentCost,
     balanced_rows,
+    band_compute,
+    band_input,
+    band_output,
     joint_latency,
     local_search,
 )
@@ -186,51 +188,19 @@ def _build(
             if sched is None:
                 continue
             used.add(dev)
-            own = sched.chunks[0]
             deps = list(frontier)
             if dev != pm.source:
-                tid = f"L{seg.first}.in{k}"
-                sends.append(
-                    TransferTask(
-                        id=tid,
-                        src=src,
-                        dst=names[dev],
-                        values=sorted(sched.sends[0]),
-                        bytes=sched.send_bytes[0],
-                        after=list(frontier),
-                        overhead_s=MESSAGE_OVERHEAD_S,  # counted by joint_latency, so the simulator adds it too
-                        region={**region, "bands": {v: list(iv) for v, iv in sched.sends[0].items()}},
-                    )
-                )
-                deps = [tid]
-            cid = f"L{seg.first}.band{k}"
-            computes.append(
-                ComputeTask(
-                    id=cid,
-                    device=names[dev],
-                    nodes=list(seg.nodes),
-                    after=deps,
-                    time_s=sched.work_s[0] / float(pm.speed[dev]),
-                    region={**region, "own": {v: list(iv) for v, iv in own.items()}},
-                )
+                sends.append(band_input(f"L{seg.first}.in{k}", src, names[dev], sched, 0, frontier, region))
+                deps = [sends[-1].id]
+            compute = band_compute(
+                f"L{seg.first}.band{k}", names[dev], seg, sched, 0, float(pm.speed[dev]), deps, region
             )
+            computes.append(compute)
             if dev == pm.source:
-                done.append(cid)
+                done.append(compute.id)
                 continue
-            oid = f"L{seg.first}.out{k}"
-            gathers.append(
-                TransferTask(
-                    id=oid,
-                    src=names[dev],
-                    dst=src,
-                    values=list(seg.outputs),
-                    bytes=sched.out_bytes[0],
-                    after=[cid],
-                    overhead_s=MESSAGE_OVERHEAD_S,
-                    region={**region, "bands": {v: list(iv) for v, iv in own.items()}},
-                )
-            )
-            done.append(oid)
+            gathers.append(band_output(f"L{seg.first}.out{k}", names[dev], src, seg, sched, 0, compute.id, region))
+            done.append(gathers[-1].id)
         tasks.extend([*sends, *computes, *gathers])  # every send queued before the source computes its band
         frontier, latency = done, latency + layer.latency_s
     pending.extend(range(cursor, len(profile.nodes)))
