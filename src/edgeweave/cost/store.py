@@ -19,9 +19,10 @@ from edgeweave.cost.profile import Profile
 DEFAULT_CACHE = Path.home() / ".cache" / "edgeweave"
 
 
-# Bumped when the profiler starts measuring something new (2: region_costs; 3: their floors), so older cached
+# Bumped when the profiler starts measuring something new (2: region_costs; 3: their floors; 4: packed
+# convolutions and band programs), so older cached
 # profiles are measured again instead of silently lacking it.
-PROFILE_FORMAT = 3
+PROFILE_FORMAT = 4
 
 
 def profile_key(spec: str, input_shape: tuple[int, ...] | None, threads: int) -> str:

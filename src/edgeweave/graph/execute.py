@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from edgeweave.errors import UserError
+from edgeweave.graph.kernels import packed_conv2d
 from edgeweave.graph.opgraph import INPUT, OpGraph, OpNode, decode_const
 
 Env = dict[str, torch.Tensor]
@@ -72,19 +73,39 @@ def _const(value: Any) -> Callable[[Env], Any]:
 
 
 class CompiledNode:
-    """One node ready to run: its op and argument getters resolved once."""
+    """One node ready to run: its op and argument getters resolved once. A convolution with
+    constant weights runs with its weights packed once (graph/kernels.py) when the shape of its
+    input is known."""
 
-    def __init__(self, node: OpNode, weights: Mapping[str, torch.Tensor]):
+    def __init__(self, node: OpNode, weights: Mapping[str, torch.Tensor], input_shape: list[int] | None = None):
         self.name = node.name
         self.fn = resolve_op(node.op)
         self.args = _bind(node.args, weights)
         kw = {k: _bind(v, weights) for k, v in node.kwargs.items()}
         self.kwargs = lambda env: {k: g(env) for k, g in kw.items()}
         self.out_index = node.out_index
+        self.conv = _packed(node, weights, input_shape)
 
     def __call__(self, env: Env) -> Any:
+        if self.conv is not None:
+            return self.conv(self.args(env)[0])
         out = self.fn(*self.args(env), **self.kwargs(env))
         return out if self.out_index is None else out[self.out_index]
+
+
+def _packed(node: OpNode, weights: Mapping[str, torch.Tensor], input_shape: list[int] | None) -> Any:
+    """A packed convolution for `aten.conv2d` with constant weight and bias, else None."""
+    if node.op != "aten.conv2d.default" or node.kwargs or input_shape is None:
+        return None
+    args = list(node.args) + [None] * (7 - len(node.args))
+    w, b = args[1], args[2]
+    if not (isinstance(w, dict) and "w" in w) or not (b is None or (isinstance(b, dict) and "w" in b)):
+        return None
+    if not isinstance(args[0], dict) or "ref" not in args[0]:
+        return None
+    bias = None if b is None else weights[b["w"]]
+    stride, padding, dilation, groups = args[3] or [1, 1], args[4] or [0, 0], args[5] or [1, 1], args[6] or 1
+    return packed_conv2d(weights[w["w"]], bias, stride, padding, dilation, groups, input_shape)
 
 
 class GraphRunner:
@@ -93,7 +114,15 @@ class GraphRunner:
     def __init__(self, graph: OpGraph, weights: Mapping[str, torch.Tensor], indices: Iterable[int] | None = None):
         self.graph = graph
         chosen = range(len(graph.nodes)) if indices is None else indices
-        self.compiled: dict[int, CompiledNode] = {i: CompiledNode(graph.nodes[i], weights) for i in chosen}
+        shapes = {INPUT: list(graph.input_shape)} | {n.name: n.out_shape for n in graph.nodes}
+
+        def input_shape(node: OpNode) -> list[int] | None:
+            first = node.args[0] if node.args else None
+            return shapes.get(first["ref"]) if isinstance(first, dict) and "ref" in first else None
+
+        self.compiled: dict[int, CompiledNode] = {
+            i: CompiledNode(graph.nodes[i], weights, input_shape(graph.nodes[i])) for i in chosen
+        }
         self.last_use = last_uses(graph)
 
     @torch.no_grad()

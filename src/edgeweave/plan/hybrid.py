@@ -23,12 +23,12 @@ from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
 from edgeweave.cost.region_overhead import DEFAULT_REGION_COSTS
 from edgeweave.errors import UserError
+from edgeweave.graph.band_program import step_geometry
 from edgeweave.graph.execute import last_uses
 from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import (
     Segment,
-    chunk_bands,
     input_axis,
     input_bands,
     local_runs,
@@ -36,7 +36,6 @@ from edgeweave.graph.regions import (
     needs,
     own_bands,
     split_bands,
-    wavefront_rows,
 )
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import ComputeTask, Plan, TransferTask
@@ -126,6 +125,7 @@ def _axis_extent(seg: Segment, value: str) -> int:
 
 
 def _transfer(pm: PipelineModel, a: int, b: int, nbytes: int) -> float:
+    """A lone message's time from leaving `a` to arriving at `b` (latency + bytes + software cost)."""
     if a == b or nbytes == 0:
         return 0.0
     return float(pm.latency[a, b] + nbytes / pm.bandwidth[a, b]) + MESSAGE_OVERHEAD_S
@@ -177,74 +177,96 @@ class HybridOptions:
 
 @dataclass
 class BandSchedule:
-    """One device's part of a split: chunks of its band, what each sends and computes, and when it is done."""
+    """One device's part of a split: the input-driven steps of its band (graph/band_program.py),
+    what each receives, computes and sends on, and when it is done."""
 
-    chunks: list[dict[str, Interval]]  # own sub-bands, in order
-    sends: list[dict[str, Interval]]  # input rows sent before each chunk (new rows only)
+    own: dict[str, Interval]  # the device's whole band of every segment output
+    chunks: list[dict[str, Interval]]  # own output rows each step finishes (sent on after it)
+    sends: list[dict[str, Interval]]  # input rows that arrive for each step (new rows only)
     send_bytes: list[int]
     out_bytes: list[int]
     work_s: list[float]
     ready: float  # when the last output band has reached the gathering device
+    chunk_count: int = 1  # input chunks the steps were cut from (the runtime rebuilds the steps from it)
 
 
 @dataclass
 class _Chunks:
-    """The geometry of streaming one band in chunks: independent of link rates and device speeds,
-    so it is computed once per (segment, band, chunk count) and reused by every re-plan."""
+    """The geometry of streaming one band in input chunks: independent of link rates and device
+    speeds, so it is computed once per (segment, band, chunk count) and reused by every re-plan."""
 
+    own: dict[str, Interval]
     chunks: list[dict[str, Interval]]
     sends: list[dict[str, Interval]]
     send_bytes: list[int]
     out_bytes: list[int]
     work_s: list[float]
+    chunk_count: int
+
+    def schedule(self, ready: float) -> BandSchedule:
+        return BandSchedule(
+            self.own, self.chunks, self.sends, self.send_bytes, self.out_bytes, self.work_s, ready, self.chunk_count
+        )
 
 
 def _chunk_geometry(cost: _SegmentCost, own: dict[str, Interval], chunks: int, remote: bool) -> _Chunks:
-    """Chunk j's new input rows, its output band, and its work as a wavefront: every node computes
-    only the rows it has not computed for an earlier chunk (kept, not recomputed), so streaming a
-    band in chunks costs its whole-band work plus the per-node price of each extra band task."""
+    """Step j's new input rows, the output rows it finishes and its work, exactly as the band
+    program executes them (`step_geometry`): every node computes the rows that the input received
+    so far makes computable, once; the work of a step is its rows' proportional share of each
+    node's time, times the measured slowdown, plus the measured price of each call."""
     key = (tuple(sorted(own.items())), chunks, remote)
     if key not in cost.geometry:
         seg = cost.segment
-        subs = chunk_bands(own, chunks)
-        sent: dict[str, Interval] = {}
-        geo = _Chunks(subs, [], [], [], [])
-        for sub, computed in zip(subs, wavefront_rows(cost.needs(s) for s in subs), strict=True):
-            new: dict[str, Interval] = {}
-            nbytes = 0
-            if remote:
-                for v, (lo, hi) in cost.input_bands(sub).items():
-                    got = sent.get(v)
-                    a = lo if got is None else max(lo, got[1])
-                    if hi > a or got is None:
-                        new[v] = (a, max(hi, a))
-                        nbytes += cost.value_bytes(v) * (max(hi, a) - a) // _axis_extent(seg, v)
-                    sent[v] = (lo if got is None else got[0], max(hi, got[1] if got else hi))
-            work = sum(cost.times[v] * (hi - lo) / seg.extent(v) for v, (lo, hi) in computed.items())
-            geo.sends.append(new)
-            geo.send_bytes.append(nbytes)
-            geo.out_bytes.append(cost.band(sub)[2])
-            geo.work_s.append(cost.slowdown * work + cost.node_overhead * len(computed))
+        steps = step_geometry(seg, own, chunks, need=cost.needs(own), inputs=cost.input_bands(own))
+        geo = _Chunks(dict(steps.own), list(steps.finished), [], [], [], [], chunks)
+        for j in range(steps.steps):
+            sends = steps.received[j] if remote else {}
+            geo.sends.append(dict(sends))
+            geo.send_bytes.append(
+                sum(cost.value_bytes(v) * (b - a) // _axis_extent(seg, v) for v, (a, b) in sends.items())
+            )
+            geo.out_bytes.append(
+                sum(cost.out_bytes[v] * (b - a) // seg.extent(v) for v, (a, b) in steps.finished[j].items())
+            )
+            work = sum(cost.times[v] * (b - a) / seg.extent(v) for v, (a, b) in steps.computed[j].items())
+            geo.work_s.append(cost.slowdown * work + cost.node_overhead * len(steps.computed[j]))
         cost.geometry[key] = geo
     return cost.geometry[key]
+
+
+def _occupancy(pm: PipelineModel, a: int, b: int, nbytes: int) -> float:
+    """How long a message holds the link (a, b): its bytes at the link's rate plus the software
+    cost of a message; its latency does not hold the link (design.md, the link model)."""
+    if a == b or nbytes == 0:
+        return 0.0
+    return float(nbytes / pm.bandwidth[a, b]) + MESSAGE_OVERHEAD_S
+
+
+def _latency(pm: PipelineModel, a: int, b: int) -> float:
+    return 0.0 if a == b else float(pm.latency[a, b])
 
 
 def schedule(
     cost: _SegmentCost, pm: PipelineModel, dev: int, own: dict[str, Interval], chunks: int, start: float, gather_at: int
 ) -> BandSchedule:
-    """Stream a band: chunk j's new input rows cross the link, its output band is computed as soon as
-    they and chunk j-1 are done (recomputing intermediate halo rows), then sent on to `gather_at`.
-    Exactly what the simulator does with the tasks `build_hybrid_plan` emits for it."""
+    """Stream a band on its own: step j's input rows cross the link (each message arrives `latency`
+    after it leaves), the step runs when they and step j-1 are done, its finished rows go on to
+    `gather_at`. Exactly what the simulator does with the tasks `build_hybrid_plan` emits for it."""
     remote = dev != pm.source
     geo = _chunk_geometry(cost, own, chunks, remote)
     speed = float(pm.speed[dev])
-    t_link = t_dev = t_out = start
+    t_link = t_dev = t_out_link = start
+    t_out = start
     for j, work in enumerate(geo.work_s):
+        arrive = start
         if remote and geo.sends[j]:
-            t_link += _transfer(pm, pm.source, dev, geo.send_bytes[j])
-        t_dev = max(t_dev, t_link) + work / speed
-        t_out = max(t_out, t_dev) + (_transfer(pm, dev, gather_at, geo.out_bytes[j]) if dev != gather_at else 0.0)
-    return BandSchedule(geo.chunks, geo.sends, geo.send_bytes, geo.out_bytes, geo.work_s, max(t_out, t_dev))
+            t_link += _occupancy(pm, pm.source, dev, geo.send_bytes[j])
+            arrive = t_link + _latency(pm, pm.source, dev)
+        t_dev = max(t_dev, arrive) + work / speed
+        if dev != gather_at and geo.out_bytes[j]:
+            t_out_link = max(t_out_link, t_dev) + _occupancy(pm, dev, gather_at, geo.out_bytes[j])
+            t_out = t_out_link + _latency(pm, dev, gather_at)
+    return geo.schedule(max(t_out, t_dev))
 
 
 def joint_latency(
@@ -257,7 +279,8 @@ def joint_latency(
     suffix: int,
 ) -> tuple[float, list[BandSchedule | None]]:
     """When the last band reaches `suffix`, scheduling every task the way the simulator does: in plan
-    order (all input chunks first), one task at a time per device and per link direction."""
+    order (all input chunks first), one task at a time per device and per link direction; a link
+    is held for a message's bytes and software cost, and the message arrives `latency` later."""
     geos = [
         _chunk_geometry(cost, own, c, d != pm.source) if any(b > a for a, b in own.values()) else None
         for d, own, c in zip(devices, owns, chunks, strict=True)
@@ -271,8 +294,8 @@ def joint_latency(
         t_link = link.get((src, d), start)
         for j, nbytes in enumerate(geo.send_bytes):
             if geo.sends[j]:
-                t_link += _transfer(pm, src, d, nbytes)
-                arrive[k, j] = t_link
+                t_link += _occupancy(pm, src, d, nbytes)
+                arrive[k, j] = t_link + _latency(pm, src, d)
         link[src, d] = t_link
     ready = start
     scheds: list[BandSchedule | None] = []
@@ -287,10 +310,12 @@ def joint_latency(
             if d == suffix:
                 t_done = t_dev
                 continue
-            t_done = max(link.get((d, suffix), start), t_dev) + _transfer(pm, d, suffix, geo.out_bytes[j])
-            link[d, suffix] = t_done
+            if geo.out_bytes[j]:
+                t_link = max(link.get((d, suffix), start), t_dev) + _occupancy(pm, d, suffix, geo.out_bytes[j])
+                link[d, suffix] = t_link
+                t_done = max(t_done, t_link + _latency(pm, d, suffix))
         ready = max(ready, t_done)
-        scheds.append(BandSchedule(geo.chunks, geo.sends, geo.send_bytes, geo.out_bytes, geo.work_s, t_done))
+        scheds.append(geo.schedule(t_done))
     return ready, scheds
 
 
@@ -642,14 +667,21 @@ def band_input(
 def band_compute(
     task_id: str, device: str, seg: Segment, sched: BandSchedule, j: int, speed: float, after: list[str], region: dict
 ) -> ComputeTask:
-    """Chunk j of a band: the segment's nodes, computed for the chunk's own output rows."""
+    """Step j of a band: the rows of the segment's nodes that the input received so far makes
+    computable. The region names the device's whole band and the chunk count; the worker
+    rebuilds the same steps from them (`step_geometry`) and runs them as a compiled program."""
     return ComputeTask(
         id=task_id,
         device=device,
         nodes=list(seg.nodes),
         after=list(after),
         time_s=sched.work_s[j] / speed,
-        region={**region, "own": {v: list(iv) for v, iv in sched.chunks[j].items()}},
+        region={
+            **region,
+            "own": {v: list(iv) for v, iv in sched.own.items()},
+            "chunks": sched.chunk_count,
+            "step": j,
+        },
     )
 
 
@@ -709,6 +741,8 @@ def build_hybrid_plan(
             if dev == choice.suffix_device:
                 gathers.append(compute.id)
                 continue
+            if not sched.chunks[j]:
+                continue  # this step finished no output rows: nothing to send on
             tasks.append(band_output(f"out{k}.{j}", names[dev], suffix_name, seg, sched, j, compute.id, region))
             gathers.append(tasks[-1].id)
     first_band = len(tasks) - sum(1 for t in tasks if t.id.startswith(("band", "out")))

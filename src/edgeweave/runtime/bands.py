@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from edgeweave.graph.band_program import ProgramPool
 from edgeweave.graph.opgraph import INPUT, OpGraph
 from edgeweave.graph.regions import Band, Segment, input_axis, input_bands, make_segment, run_bands
 
@@ -22,12 +23,20 @@ class BandContext:
     bands of a segment (a gathering device with no rows of it) must still know their axis.
     """
 
-    def __init__(self, graph: OpGraph, regions: list[Mapping[str, Any]] = ()):
+    def __init__(
+        self,
+        graph: OpGraph,
+        regions: list[Mapping[str, Any]] = (),
+        weights: Mapping[str, torch.Tensor] | None = None,
+    ):
         self.graph = graph
         self.index = graph.index()  # built once: `assemble` runs before every ordinary task
         self.segments: dict[tuple[int, int, str], Segment] = {}
+        self.programs = ProgramPool(weights or {})
         for region in regions:
-            self.segment(region)
+            seg = self.segment(region)
+            if weights is not None and "step" in region and int(region["step"]) == 0:
+                self.programs.prepare(seg, _own(region), int(region["chunks"]))  # compiled at deploy time
 
     def segment(self, region: Mapping[str, Any]) -> Segment:
         first, last = region["segment"]
@@ -88,6 +97,11 @@ def compute(
     chunks of this device's band, so a chunk computes only new rows (see `run_bands`)."""
     region = task["region"]
     seg = ctx.segment(region)
+    if "step" in region:
+        if not ctx.programs.weights:  # a context built without weights (dry runs) takes them here
+            ctx.programs.weights = weights
+        _run_step(env, bands, ctx, seg, region, wavefronts if wavefronts is not None else {})
+        return
     own = {v: (int(a), int(b)) for v, (a, b) in region["own"].items()}
     inputs: dict[str, Any] = {}
     needed = input_bands(seg, own)
@@ -103,6 +117,46 @@ def compute(
         wavefront = None if wavefronts is None else wavefronts.setdefault(_segment_key(region), {})
         for v, band in run_bands(seg, weights, inputs, own, wavefront).items():
             bands.setdefault(v, []).append(band)
+
+
+def _own(region: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    return {v: (int(a), int(b)) for v, (a, b) in region["own"].items()}
+
+
+def _run_step(
+    env: Mapping[str, torch.Tensor],
+    bands: dict[str, list[Band]],
+    ctx: BandContext,
+    seg: Segment,
+    region: Mapping[str, Any],
+    state: dict[tuple, Any],
+) -> None:
+    """Step j of a band as a compiled program (graph/band_program.py): feed the input rows that
+    arrived (or, at step 0 on a device that holds them whole, all of them), run the step, keep
+    the output rows it finished as bands. The program instance belongs to the request from its
+    first step to its last, then goes back to the pool."""
+    own, chunks, j = _own(region), int(region["chunks"]), int(region["step"])
+    pool = ctx.programs
+    key = ("program", *pool.key(seg, own, chunks))
+    if j == 0 or key not in state:
+        state[key] = (pool.take(seg, own, chunks), {})
+    program, fed = state[key]
+    geometry = program.geometry
+    for v in geometry.inputs:
+        if v in env:
+            if j == 0:
+                program.feed(v, env[v], 0)
+            continue
+        pieces = bands.get(v, [])
+        for piece in pieces[fed.get(v, 0) :]:  # pieces arrive in order: feed each one once
+            program.feed(v, piece.tensor, piece.start)
+        fed[v] = len(pieces)
+    with torch.no_grad():
+        for v, band in program.step(j).items():
+            bands.setdefault(v, []).append(band)
+    if j == geometry.steps - 1:
+        pool.give(seg, own, chunks, program)
+        del state[key]
 
 
 def _segment_key(region: Mapping[str, Any]) -> tuple:
@@ -138,6 +192,10 @@ def covering(pieces: list[Band], axis: int, shape: list[int], lo: int, hi: int) 
     computed, halos it was sent, possibly along another axis): only pieces that are whole on every
     other axis are bands along `axis`, and the merged run that contains [lo, hi) is the answer.
     """
+    for p in pieces:  # most often one piece holds the rows asked for (a streamed step's output)
+        if p.start <= lo and p.start + p.tensor.shape[axis] >= hi and p.tensor.dim() == len(shape):
+            if all(p.tensor.shape[d] == n for d, n in enumerate(shape) if d != axis):
+                return p
     fits = [
         p
         for p in pieces

@@ -117,7 +117,9 @@ class Deployment:
         self.runner = GraphRunner(graph, self.weights) if nodes else None
         self.by_id = {t["id"]: t for t in self.tasks}
         self.bands = (
-            band_ops.BandContext(OpGraph.from_dict(msg["graph"]), [t["region"] for t in self.tasks if t.get("region")])
+            band_ops.BandContext(
+                OpGraph.from_dict(msg["graph"]), [t["region"] for t in self.tasks if t.get("region")], self.weights
+            )
             if msg.get("graph")
             else None
         )
