@@ -1,18 +1,14 @@
 """What computing a partial region really costs, measured: a slowdown and a price per node per task.
 
 A device that computes a band of a segment does not take `band/extent` of the whole segment's
-time. Operands are strided slices of bigger tensors (a column band far more than a row band:
-every row of it is a separate stretch of memory), windows are padded at true borders, streamed
-chunks are stitched to the rows kept from the previous chunk, and every node of every band task
-pays dispatch and bookkeeping that do not shrink with the band. Measured here on resnet18's stem,
-a 96% row band took ~1.3x its proportional share and each extra chunk ~200 us per node; a column
-band ~1.8x.
+time. A thin band is a less efficient convolution than a whole map, a column band is strided
+(every row a separate stretch of memory), and every call of every streamed step pays dispatch
+that does not shrink with the band.
 
 So the planner prices a band task as `slowdown[axis] * proportional work + overhead_s[axis] *
 nodes it runs`. The profiler measures both per axis, once per model, by least squares over band
-sizes and chunk counts run exactly as the runtime runs them (`run_bands` with a wavefront), never
-below DEFAULT_REGION_COSTS (which come from the runtime's own per-task timelines, where worker
-processes add costs an in-process fit does not see), and stores them in the profile JSON as the
+sizes and chunk counts run exactly as the runtime runs them (compiled band programs fed by input
+chunks), never below DEFAULT_REGION_COSTS, and stores them in the profile JSON as the
 extra field `region_costs`; profiles without it use the defaults.
 """
 
@@ -24,16 +20,18 @@ from collections.abc import Mapping
 
 import torch
 
+from edgeweave.graph.band_program import BandProgram, StepGeometry, step_geometry
 from edgeweave.graph.execute import GraphRunner
 from edgeweave.graph.opgraph import INPUT, OpGraph
-from edgeweave.graph.regions import chunk_bands, local_runs, make_segment, needs, own_bands, run_bands, wavefront_rows
+from edgeweave.graph.regions import local_runs, make_segment, own_bands
 
-# Defaults, and floors for what the profiler reports: from per-task timelines of resnet18 runs
-# (2-8 streamed chunks, 10-50 Mbps), band tasks in worker processes took about 1.3x (rows) and
-# 1.8x (columns) their proportional share plus ~0.2 ms per node per task.
+# Defaults, and floors for what the profiler reports: compiled band programs (graph/band_program.py)
+# measured in one process, one thread (benchmarks/band_engine.py): a row band of resnet18's backbone
+# took 1.06x the unsplit time in one step, and each further call ~10 us (mobilenet_v2: ~30 us);
+# column bands are strided (every row a separate stretch of memory).
 DEFAULT_REGION_COSTS = {
-    "rows": {"slowdown": 1.3, "overhead_s": 200e-6},
-    "cols": {"slowdown": 1.8, "overhead_s": 250e-6},
+    "rows": {"slowdown": 1.05, "overhead_s": 20e-6},
+    "cols": {"slowdown": 1.5, "overhead_s": 30e-6},
 }
 CONFIGS = ((0.25, 1), (0.25, 2), (1.0, 1), (1.0, 4))  # (share of the output, chunks)
 MAX_NODES = 40  # a segment long enough to average over op kinds, short enough to measure quickly
@@ -50,14 +48,14 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def streamed_work(segment, node_times: Mapping[str, float], own, chunks: int) -> tuple[float, int]:
-    """(proportional work, node tasks) of computing `own` in `chunks` wavefront chunks: every node
-    computes only rows no earlier chunk computed (the rule the planner's chunk geometry prices)."""
-    work, tasks = 0.0, 0
-    for computed in wavefront_rows(needs(segment, sub) for sub in chunk_bands(own, chunks)):
+def streamed_work(segment, node_times: Mapping[str, float], geometry: StepGeometry) -> tuple[float, int]:
+    """(proportional work, node calls) of a band computed in input-driven steps: every node
+    computes each of its rows once (the geometry the planner prices and the program runs)."""
+    work, calls = 0.0, 0
+    for computed in geometry.computed:
         work += sum(node_times[v] * (hi - lo) / segment.extent(v) for v, (lo, hi) in computed.items())
-        tasks += len(computed)
-    return work, tasks
+        calls += len(computed)
+    return work, calls
 
 
 def _segment(graph: OpGraph, axis: str, node_times: list[float]):
@@ -120,14 +118,18 @@ def _measure_axis(seg, weights: Mapping[str, torch.Tensor], x: torch.Tensor, nod
         else:
             own = {v: (0, seg.extent(v)) for v in seg.outputs}
 
-        def streamed(subs=chunk_bands(own, chunks)) -> None:
-            state: dict = {}
-            for sub in subs:
-                run_bands(seg, weights, whole, sub, state)
+        geometry = step_geometry(seg, own, chunks)
+        program = BandProgram(seg, weights, geometry)
+
+        def streamed(program=program, geometry=geometry) -> None:
+            for j in range(geometry.steps):
+                for v, (a, b) in geometry.received[j].items():
+                    program.feed(v, whole[v].narrow(program.buffers[v].axis, a, b - a), a)
+                program.step(j)
 
         streamed()
         ratios = [_median_time(streamed, 1) / _median_time(plain, 1) for _ in range(repeats)]
-        work, tasks = streamed_work(seg, times, own, chunks)
+        work, tasks = streamed_work(seg, times, geometry)
         points.append((work, tasks, statistics.median(ratios) * profiled))
     return _fit(points)
 

@@ -150,12 +150,20 @@ def step_geometry(
     inputs = dict(input_bands(segment, own) if inputs is None else inputs)
     order = [i for i in segment.nodes if segment.graph.nodes[i].name in need]
     done = {segment.graph.nodes[i].name: need[segment.graph.nodes[i].name][0] for i in order}
-    got = {v: lo for v, (lo, _) in inputs.items()}
+    # an input some node reads whole (a broadcast operand, e.g. a squeeze-excitation scale) comes
+    # entirely with the first step; the others are cut into chunks
+    whole = {
+        ref
+        for i in order
+        for ref in segment.graph.nodes[i].inputs
+        if ref in inputs and not _is_split_operand(segment, i, ref)
+    }
+    got = {v: lo for v, (lo, _) in inputs.items() if v not in whole}
     received: list[dict[str, Interval]] = []
     computed: list[dict[str, Interval]] = []
     finished: list[dict[str, Interval]] = []
-    pending: dict[str, Interval] = {}
-    cuts = input_cuts(inputs, max(1, chunks))
+    pending: dict[str, Interval] = {v: inputs[v] for v in whole}
+    cuts = input_cuts({v: iv for v, iv in inputs.items() if v not in whole}, max(1, chunks))
     for k, cut in enumerate(cuts):
         for v, end in cut.items():
             if end > got[v]:
@@ -163,8 +171,8 @@ def step_geometry(
                 pending[v] = (a, end)
                 got[v] = end
         avail: dict[str, int] = dict(got)
-        for v, (_, hi) in inputs.items():  # a value read whole (a broadcast operand) arrives at once
-            avail.setdefault(v, hi)
+        for v in whole:
+            avail[v] = inputs[v][1]
         new: dict[str, Interval] = {}
         for i in order:
             name = segment.graph.nodes[i].name
@@ -438,8 +446,14 @@ class BandProgram:
         bands = {r: b for r, b in views.items() if r in self.index}
         weights = self._weights
 
+        slot = self._slots.get(node.name)
+
         def run() -> None:
-            target.copy_(_run_node(seg, i, out, bands, whole, weights))
+            result = _run_node(seg, i, out, bands, whole, weights)
+            if slot is None:
+                target.copy_(result)
+            else:
+                slot.set(result)
 
         return run
 

@@ -8,8 +8,8 @@ So weights are packed at deploy time (`mkldnn._reorder_convolution_weight`) and 
 runs through `mkldnn._convolution_pointwise`, channels_last. The graph executor uses the same
 kernel, so layer-wise plans and band splits are compared on equal kernels.
 
-Falls back to `aten.conv2d` where oneDNN is not built in, for other dtypes than float32, and for
-string paddings.
+Falls back to `aten.conv2d` where oneDNN is not built in, for other dtypes than float32, for
+string paddings, and for shapes oneDNN cannot pack for.
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ def packed_conv2d(
         return lambda x: _ATEN_CONV(x, weight, bias, stride, padding, dilation, groups)
     stride_, padding_, dilation_ = _pair(stride), _pair(padding), _pair(dilation)
     dense = weight.contiguous(memory_format=torch.channels_last)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(
-        dense, padding_, stride_, dilation_, int(groups), [int(s) for s in input_shape]
-    )
+    try:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            dense, padding_, stride_, dilation_, int(groups), [int(s) for s in input_shape]
+        )
+    except RuntimeError:  # a shape oneDNN has no blocked layout for (seen: dilated 1x1 maps): plain conv
+        return lambda x: _ATEN_CONV(x, weight, bias, stride, padding, dilation, groups)
     pointwise = torch.ops.mkldnn._convolution_pointwise.default
 
     def conv(x: torch.Tensor) -> torch.Tensor:

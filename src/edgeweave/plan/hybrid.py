@@ -595,6 +595,35 @@ def plan_hybrid(
     return best_plan
 
 
+def plan_stream_offload(profile: Profile, graph: OpGraph, cluster: Cluster, objective: str = "latency") -> Plan:
+    """`--strategy stream-offload`: the frame is streamed in chunks to the one helper that finishes
+    first, which computes the model's first local segment as the rows arrive (input-driven steps)
+    and the rest after it; the source computes nothing. It is the hybrid search restricted to a
+    source share of 0 and the segment that starts at the frame, so its share of hybrid's gain
+    shows on its own. Models whose first operator is a barrier are offloaded whole (stated in
+    the plan's notes)."""
+    from edgeweave.plan.strategies import make_plan
+
+    pm = PipelineModel.build(profile, cluster)
+    others = [d for d in range(pm.num_devices) if d != pm.source]
+    geometry = SegmentGeometry(profile, graph)
+    best = None
+    for helper in others:
+        ratios = tuple(1.0 if k == _ratio_index(pm, helper) else 0.0 for k in range(pm.num_devices))
+        for choice in hybrid_splits(profile, graph, pm, geometry, None, HybridOptions(ratios=ratios)):
+            if choice.first != 0 or choice.suffix_device != helper:
+                continue
+            if best is None or choice.latency_s < best.latency_s:
+                best = choice
+    if best is None:
+        plan = with_message_overhead(make_plan(profile, cluster, "offload", "latency"))
+        plan.notes.append("stream-offload: no local segment starts at the input (or no helper); offloaded whole")
+    else:
+        plan = build_hybrid_plan(profile, graph, cluster, pm, best, objective)
+    plan.strategy = "stream-offload"
+    return plan
+
+
 GRID = (0.0, 0.5, 0.6, 0.7, 1.0)
 
 

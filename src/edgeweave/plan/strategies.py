@@ -29,7 +29,7 @@ def strategies() -> dict[str, Callable[[Profile, PipelineModel, str], Placement]
 
 
 # need the operator graph (locality analysis), not only the profile
-GRAPH_STRATEGIES = ("hybrid", "hybrid-grid", "tensor")
+GRAPH_STRATEGIES = ("hybrid", "hybrid-grid", "tensor", "stream-offload")
 
 
 def make_plan(
@@ -67,7 +67,7 @@ def make_plan(
             raise UserError("hand-given split choices cannot be combined with energy objectives or constraints")
         return plan_for_energy(profile, cluster, strategy, objective, graph, energy_scope, energy_budget_j, deadline_s)
     if strategy in GRAPH_STRATEGIES:
-        from edgeweave.plan.hybrid import plan_hybrid, plan_hybrid_grid
+        from edgeweave.plan.hybrid import plan_hybrid, plan_hybrid_grid, plan_stream_offload
 
         if graph is None:
             raise UserError(
@@ -78,7 +78,9 @@ def make_plan(
 
         if strategy == "hybrid":
             return plan_hybrid(profile, graph, cluster, objective, geometry=geometry, options=hybrid)
-        planner = {"hybrid-grid": plan_hybrid_grid, "tensor": plan_tensor}[strategy]
+        planner = {"hybrid-grid": plan_hybrid_grid, "tensor": plan_tensor, "stream-offload": plan_stream_offload}[
+            strategy
+        ]
         return planner(profile, graph, cluster, objective)
     pm = PipelineModel.build(profile, cluster)
     placement = table[strategy](profile, pm, objective)
