@@ -458,6 +458,28 @@ def test_pipedream_loses_to_the_exact_planner_on_heterogeneous_devices() -> None
     assert dream.bottleneck_s > 1.5 * exact.bottleneck_s
 
 
+def test_link_latency_counts_in_latency_not_in_the_bottleneck() -> None:
+    """Four 1 s nodes, two identical boards 0.5 s of latency apart on a fast link: pipelining them
+    halves the bottleneck (latency does not occupy the link) and costs one request 1 s of latency
+    (there and back). PipeDream and offload now see it; so does the exact planner."""
+    profile = chain([1.0] * 4, [1000] * 4, input_bytes=1000)
+    cluster = make_cluster({"a": (1.0, "1GiB"), "b": (1.0, "1GiB")}, {"default": ("1Gbps", "500ms")}, source="a")
+    pm = pm_of(profile, cluster)
+    a, b = pm.devices.index("a"), pm.devices.index("b")
+    occupancy = 1000 * 8 / 1e9
+    dream = pipedream(profile, pm, "throughput")
+    assert dream == [(a, [0, 1]), (b, [2, 3])]
+    costs = evaluate_placement(profile, pm, dream)
+    assert costs.bottleneck_s == pytest.approx(2.0)
+    assert costs.link_in_s == pytest.approx([0.0, occupancy]) and costs.output_link_s == pytest.approx(occupancy)
+    assert costs.transfer_in_s == pytest.approx([0.0, 0.5 + occupancy])
+    assert costs.latency_s == pytest.approx(4.0 + 2 * (0.5 + occupancy))
+    assert pipedream(profile, pm, "latency") == [(a, [0, 1, 2, 3])]  # 4 s beats 5 s for one request
+    assert evaluate_placement(profile, pm, offload(profile, pm, "throughput")).bottleneck_s == pytest.approx(4.0)
+    exact = plan_pipeline(pm, "throughput").costs
+    assert exact.bottleneck_s == pytest.approx(2.0) and exact.latency_s == pytest.approx(costs.latency_s)
+
+
 def test_pipedream_errors_when_the_homogeneous_model_cannot_hold_the_network() -> None:
     profile = chain([0.1] * 3, [1000] * 3, params=[2**30] * 3)
     cluster = make_cluster(

@@ -94,6 +94,46 @@ def test_predicted_energy_of_an_offload_plan_matches_hand_computation() -> None:
     assert fields["energy_per_device_j"]["server"] == pytest.approx(server)
 
 
+def far_cluster() -> Cluster:
+    """`cluster()` with 100 ms of latency each way."""
+    return Cluster.from_dict(
+        {**cluster().to_dict(), "links": {"robot-server": {"bandwidth": "8Mbps", "latency": "100ms"}}}
+    )
+
+
+def test_the_radio_is_on_while_transmitting_not_during_the_latency() -> None:
+    """With 100 ms of latency each way the request takes 0.2 s longer (idle power over the window),
+    but the radio is active only while the 8 Mbit go out and the 8 kbit come back."""
+    c = far_cluster()
+    plan = make_plan(PROFILE, c, "offload", "latency")
+    report = single_energy(plan, c)
+    latency = 0.1 + 1.0 + 0.25 + 0.1 + 0.001
+    robot = report.devices["robot"]
+    assert report.window_s == pytest.approx(latency)
+    assert robot.radio_s == pytest.approx(1.0 + 0.001)
+    assert robot.energy_j == pytest.approx(5.0 * latency + 0.133 * (1.0 + 0.001) + 0.283 * (8.0 + 0.008))
+
+
+def test_measured_transfers_end_one_link_latency_before_arrival() -> None:
+    """The runtime's receivers time a transfer to its arrival; the session moves that to `arrival`
+    and ends the event when the link was free again, as the simulator's events do."""
+    from types import SimpleNamespace
+
+    from edgeweave.runtime.session import Session
+
+    c = far_cluster()
+    seen = {"resource": "link:robot->server", "request": 0, "task": "x0", "start": 10.0, "end": 11.1}
+    seen |= {"kind": "transfer", "bytes": 1_000_000}
+    span = Session._sending_span(SimpleNamespace(cluster=c), seen)
+    assert (span["start"], span["end"], span["arrival"]) == pytest.approx((10.0, 11.0, 11.1))
+    assert Session._sending_span(SimpleNamespace(cluster=c), span) == span  # already converted
+    compute = {"resource": "dev:robot", "request": 0, "task": "c0", "start": 1.0, "end": 2.0, "kind": "compute"}
+    assert Session._sending_span(SimpleNamespace(cluster=c), compute) == compute
+    power = power_models(c, ["robot", "server"])
+    robot = timeline_energy([span], power, "robot", 10.0, 11.1).devices["robot"]
+    assert robot.radio_s == pytest.approx(1.0) and robot.megabits == pytest.approx(8.0)
+
+
 # --------------------------------------------------------------------------- bad power models
 
 

@@ -22,18 +22,28 @@ def test_constant_rate_costs_latency_plus_bytes_over_bandwidth():
     assert start == 100.0
     assert deliver == pytest.approx(100.0 + 0.002 + 8 * MB / 50e6)  # 0.162 s
     assert deliver - start == pytest.approx(0.162)
-    assert shaper.free_at == deliver
+    # The link is held for the transmission only: latency is propagation, not occupancy.
+    assert shaper.free_at == pytest.approx(100.16)
 
 
-def test_messages_queue_behind_a_busy_link():
+def test_messages_queue_behind_the_transmission_not_the_latency():
     shaper = LinkShaper(LinkSpec(bandwidth_bps=50e6, latency_s=0.002), epoch=0.0)
-    _, first = shaper.reserve(MB, now=0.0)  # busy until 0.162
-    start, second = shaper.reserve(MB, now=0.05)  # handed over while the link is busy
-    assert start == pytest.approx(first)
-    assert second == pytest.approx(2 * 0.162)
+    _, first = shaper.reserve(MB, now=0.0)  # transmits until 0.160, arrives at 0.162
+    assert first == pytest.approx(0.162)
+    start, second = shaper.reserve(MB, now=0.05)  # handed over while the first is being transmitted
+    assert start == pytest.approx(0.160)  # the first's last byte has left; its latency overlaps this one
+    assert second == pytest.approx(2 * 0.160 + 0.002)  # 2 B/bw + L, not 2 (B/bw + L) = 0.324
     start, third = shaper.reserve(1000, now=1.0)  # the link is idle again: no queueing
     assert start == 1.0
     assert third == pytest.approx(1.0 + 0.002 + 8000 / 50e6)
+
+
+def test_back_to_back_messages_pay_the_latency_once():
+    """Ten chunks of 12.5 kB on 10 Mbps with 50 ms latency: chunk k arrives at k x 10 ms + 50 ms."""
+    shaper = LinkShaper(LinkSpec(bandwidth_bps=10e6, latency_s=0.05), epoch=0.0)
+    arrivals = [shaper.reserve(12_500, now=0.0)[1] for _ in range(10)]
+    assert arrivals == pytest.approx([0.01 * k + 0.05 for k in range(1, 11)])
+    assert shaper.free_at == pytest.approx(0.1)  # the whole burst: 100 ms on the link, latency once on top
 
 
 def test_trace_integrates_across_a_rate_step():
@@ -49,6 +59,19 @@ def test_trace_integrates_across_a_rate_step():
     assert shaper.transmission_time(int(6.25 * MB), 10.5) == pytest.approx(0.5)
     start, deliver = shaper.reserve(10 * MB, now=10.5)
     assert (start, deliver) == (10.5, pytest.approx(14.0))
+    assert shaper.free_at == pytest.approx(14.0)
+
+
+def test_a_trace_with_latency_delays_arrival_but_not_the_next_message():
+    shaper = LinkShaper(LinkSpec(bandwidth_bps=50e6, latency_s=0.1, trace=STEP), epoch=0.0)
+    # 40 Mbit from t=0.5 at 100 Mbps: 0.4 s on the link, then 0.1 s of latency.
+    assert shaper.reserve(5 * MB, now=0.5) == (0.5, pytest.approx(1.0))
+    # The next 40 Mbit start at 0.9 (while the first is still propagating): 10 Mbit before the
+    # step at 100 Mbps (0.1 s), 30 Mbit after it at 10 Mbps (3 s), then the latency.
+    start, deliver = shaper.reserve(5 * MB, now=0.6)
+    assert start == pytest.approx(0.9)
+    assert deliver == pytest.approx(0.9 + 0.1 + 3.0 + 0.1)
+    assert shaper.free_at == pytest.approx(4.0)
 
 
 def test_beyond_the_end_of_the_trace_the_last_rate_holds():
@@ -70,6 +93,7 @@ def test_without_bandwidth_shaping_only_latency_is_added():
     # Latency does not occupy the link: the next message starts at once.
     assert shaper.reserve(MB, now=1.0) == (1.0, pytest.approx(1.002))
     assert shaper.reserve(MB, now=1.5) == (1.5, pytest.approx(1.502))
+    assert shaper.free_at == 1.5  # the kernel's queue, not the shaper, holds messages back
 
 
 def test_csv_trace_with_header_and_comments(tmp_path):

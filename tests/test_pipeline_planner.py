@@ -3,6 +3,11 @@
 Checked against exhaustive enumeration of every contiguous partition and every injective device
 assignment, on random instances with heterogeneous speeds, binding memory, asymmetric pairwise
 links, identical devices (classes) and uniform links (the fast path).
+
+The enumeration prices each plan with its own transcription of the design notes' model
+(`design_costs`), not with `PipelineModel.evaluate`, so a planner and cost model that agreed on
+a wrong model would still be caught: a link's time in the bottleneck is its occupancy
+cut_bytes / bandwidth, while one request's latency pays latency + cut_bytes / bandwidth.
 """
 
 from __future__ import annotations
@@ -50,19 +55,47 @@ def random_model(rng: np.random.Generator, L: int, N: int, kind: str) -> Pipelin
     )
 
 
-def brute_force(pm: PipelineModel, objective: str) -> float | None:
+def design_costs(pm: PipelineModel, stages: list[Stage]) -> tuple[float, float, bool]:
+    """(bottleneck, latency, fits) of a stage list, written out from the design notes' model."""
+    times: list[float] = []  # what one request waits for, summed
+    busy: list[float] = []  # what one resource is held for per request, maxed
+    fits = True
+    prev = pm.source
+    for s in stages:
+        compute = float(pm.times[s.start : s.end].sum()) / float(pm.speed[s.device])
+        times.append(compute)
+        busy.append(compute)
+        if prev != s.device:
+            occupancy = float(pm.cut_bytes[s.start]) / float(pm.bandwidth[prev, s.device])
+            times.append(float(pm.latency[prev, s.device]) + occupancy)
+            busy.append(occupancy)  # latency does not occupy the link
+        memory = int(pm.params[s.start : s.end].sum()) + int(pm.out_bytes[s.start : s.end].max())
+        fits &= memory <= int(pm.memory[s.device])
+        prev = s.device
+    if prev != pm.source:
+        occupancy = float(pm.cut_bytes[pm.num_nodes]) / float(pm.bandwidth[prev, pm.source])
+        times.append(float(pm.latency[prev, pm.source]) + occupancy)
+        busy.append(occupancy)
+    return max(busy), sum(times), fits
+
+
+def all_plans(pm: PipelineModel):
     L, N = pm.num_nodes, pm.num_devices
-    best = None
     for k in range(1, min(L, N) + 1):
         for cuts in itertools.combinations(range(1, L), k - 1):
             bounds = [0, *cuts, L]
             for devs in itertools.permutations(range(N), k):
-                stages = [Stage(bounds[i], bounds[i + 1], devs[i]) for i in range(k)]
-                c = pm.evaluate(stages)
-                if not c.fits:
-                    continue
-                value = c.bottleneck_s if objective == "throughput" else c.latency_s
-                best = value if best is None else min(best, value)
+                yield [Stage(bounds[i], bounds[i + 1], devs[i]) for i in range(k)]
+
+
+def brute_force(pm: PipelineModel, objective: str) -> float | None:
+    best = None
+    for stages in all_plans(pm):
+        bottleneck, latency, fits = design_costs(pm, stages)
+        if not fits:
+            continue
+        value = bottleneck if objective == "throughput" else latency
+        best = value if best is None else min(best, value)
     return best
 
 
@@ -84,8 +117,11 @@ def test_planner_matches_exhaustive_search(objective: str, kind: str) -> None:
             infeasible += 1
             continue
         sol = plan_pipeline(pm, objective)
-        got = sol.costs.bottleneck_s if objective == "throughput" else sol.costs.latency_s
-        assert sol.costs.fits
+        bottleneck, latency, fits = design_costs(pm, sol.stages)
+        assert fits and sol.costs.fits
+        # the planner's own figures are the design model's
+        assert (sol.costs.bottleneck_s, sol.costs.latency_s) == pytest.approx((bottleneck, latency), rel=1e-12)
+        got = bottleneck if objective == "throughput" else latency
         assert got == pytest.approx(expected, rel=1e-9), (L, N, sol.stages)
         checked += 1
     assert checked >= 30 and infeasible >= 1
@@ -99,14 +135,43 @@ def test_throughput_plan_is_refined_to_lowest_latency_among_optimal() -> None:
             continue
         sol = plan_pipeline(pm, "throughput")
         best_latency = None
-        for k in range(1, min(pm.num_nodes, pm.num_devices) + 1):
-            for cuts in itertools.combinations(range(1, pm.num_nodes), k - 1):
-                bounds = [0, *cuts, pm.num_nodes]
-                for devs in itertools.permutations(range(pm.num_devices), k):
-                    c = pm.evaluate([Stage(bounds[i], bounds[i + 1], devs[i]) for i in range(k)])
-                    if c.fits and c.bottleneck_s <= sol.costs.bottleneck_s * (1 + 1e-9):
-                        best_latency = c.latency_s if best_latency is None else min(best_latency, c.latency_s)
+        for stages in all_plans(pm):
+            bottleneck, latency, fits = design_costs(pm, stages)
+            if fits and bottleneck <= sol.costs.bottleneck_s * (1 + 1e-9):
+                best_latency = latency if best_latency is None else min(best_latency, latency)
         assert sol.costs.latency_s == pytest.approx(best_latency, rel=1e-9)
+
+
+def two_devices(latency_s: float) -> PipelineModel:
+    """A slow source and a 4x faster helper on a fast link with `latency_s` of propagation delay."""
+    return PipelineModel(
+        model="toy",
+        times=np.array([1.0, 1.0, 1.0, 1.0]),
+        params=np.zeros(4, dtype=np.int64),
+        out_bytes=np.full(4, 10),
+        cut_bytes=np.full(5, 10),
+        devices=["robot", "server"],
+        speed=np.array([1.0, 4.0]),
+        memory=np.array([10**6, 10**6]),
+        source=0,
+        bandwidth=np.array([[np.inf, 1000.0], [1000.0, np.inf]]),  # 10 bytes: 0.01 s on the link
+        latency=np.array([[0.0, latency_s], [latency_s, 0.0]]),
+    )
+
+
+@pytest.mark.parametrize("kind", ["general", "uniform"])
+def test_latency_does_not_occupy_the_link_in_the_throughput_objective(kind: str) -> None:
+    """With 10 s of latency each way, offloading still pipelines at 1 request per second (the
+    server's compute); only one request's latency pays the 20 s. Counting latency as occupancy
+    would keep everything on the robot (bottleneck 4 s)."""
+    pm = two_devices(10.0)
+    if kind == "general":  # asymmetric links take the cut-set DP instead of the farthest-cut one
+        pm.latency[1, 0] = 9.0
+    sol = plan_pipeline(pm, "throughput")
+    assert [s.device for s in sol.stages][-1] == 1
+    assert sol.costs.bottleneck_s == pytest.approx(1.0)  # the server's 4 nodes at speed 4
+    assert sol.costs.latency_s == pytest.approx(1.0 + 0.01 + 0.01 + pm.latency[0, 1] + pm.latency[1, 0])
+    assert plan_pipeline(pm, "latency").stages == [Stage(0, 4, 0)]  # one request alone: 4 s locally
 
 
 def test_identical_devices_form_classes() -> None:

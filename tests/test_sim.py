@@ -2,6 +2,8 @@
 
 The one-pass list scheduler is checked against an independent event-driven simulation with
 per-resource FIFO queues on random task DAGs (several tasks per resource, both link directions).
+Links follow the design notes' model: a transfer holds its link for bytes / bandwidth (+ the
+per-message overhead) and completes one link latency later; latency does not occupy the link.
 """
 
 from __future__ import annotations
@@ -112,10 +114,14 @@ TWO = {
 
 
 def reference_simulation(plan: Plan, cluster: Cluster, requests: int, rate: float | None, k: int):
+    """Returns (start, release, done, admitted, finish): a task holds its resource from start to
+    release (a transfer: bytes * 8 / bandwidth) and is done, for its dependants, a link latency
+    after its release."""
     tasks = plan.tasks
     pos = {t.id: i for i, t in enumerate(tasks)}
     deps = [[pos[a] for a in t.after] for t in tasks]
-    dur = [t.time_s if t.kind == "compute" else cluster.transfer_time(t.src, t.dst, t.bytes) for t in tasks]
+    dur = [t.time_s if t.kind == "compute" else t.bytes * 8 / cluster.link(t.src, t.dst).bandwidth_bps for t in tasks]
+    delay = [0.0 if t.kind == "compute" else cluster.link(t.src, t.dst).latency_s for t in tasks]
     res = [f"dev:{t.device}" if t.kind == "compute" else f"link:{t.src}->{t.dst}" for t in tasks]
     queues: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for r in range(requests):
@@ -125,6 +131,7 @@ def reference_simulation(plan: Plan, cluster: Cluster, requests: int, rate: floa
     busy = dict.fromkeys(queues, False)
     arrived, admitted, finish = [False] * requests, [None] * requests, [None] * requests
     end: dict[tuple[int, int], float] = {}
+    release: dict[tuple[int, int], float] = {}
     start: dict[tuple[int, int], float] = {}
     left = [len(tasks)] * requests
     heap: list = []
@@ -138,10 +145,15 @@ def reference_simulation(plan: Plan, cluster: Cluster, requests: int, rate: floa
             _, _, what, data = heapq.heappop(heap)
             if what == "arrive":
                 arrived[data] = True
+            elif what == "release":  # the resource is free; a transfer is still propagating
+                r, i = data
+                release[data] = now
+                busy[res[i]] = False
+                heapq.heappush(heap, (now + delay[i], seq, "done", data))
+                seq += 1
             else:
                 r, i = data
                 end[data] = now
-                busy[res[i]] = False
                 left[r] -= 1
                 if left[r] == 0:
                     finish[r] = now
@@ -156,9 +168,9 @@ def reference_simulation(plan: Plan, cluster: Cluster, requests: int, rate: floa
                 busy[name] = True
                 head[name] += 1
                 start[(r, i)] = now
-                heapq.heappush(heap, (now + dur[i], seq, "done", (r, i)))
+                heapq.heappush(heap, (now + dur[i], seq, "release", (r, i)))
                 seq += 1
-    return start, end, admitted, finish
+    return start, release, end, admitted, finish
 
 
 def random_dag_plan(rng: np.random.Generator, cluster: Cluster, n_tasks: int) -> Plan:
@@ -212,13 +224,15 @@ def test_one_pass_schedule_equals_event_simulation(seed: int) -> None:
     rate = None if seed % 3 == 0 else float(rng.uniform(20, 400))
     k = int(rng.integers(1, 6))
     result = simulate(plan, requests, rate_per_s=rate, max_inflight=k)
-    start, end, admitted, finish = reference_simulation(plan, cluster, requests, rate, k)
+    start, release, done, admitted, finish = reference_simulation(plan, cluster, requests, rate, k)
     pos = {t.id: i for i, t in enumerate(plan.tasks)}
     assert len(result.events) == requests * len(plan.tasks)
     for ev in result.events:
         key = (ev.request, pos[ev.task])
         assert ev.start == pytest.approx(start[key], rel=1e-12, abs=1e-15)
-        assert ev.end == pytest.approx(end[key], rel=1e-12, abs=1e-15)
+        assert ev.end == pytest.approx(release[key], rel=1e-12, abs=1e-15)
+        assert ev.done == pytest.approx(done[key], rel=1e-12, abs=1e-15)
+        assert (ev.arrival is None) == (ev.kind == "compute")
     for rec in result.per_request:
         assert rec.start_s == pytest.approx(admitted[rec.index], abs=1e-15)
         assert rec.finish_s == pytest.approx(finish[rec.index], abs=1e-15)
@@ -243,8 +257,8 @@ def test_pipeline_with_transfer_bottleneck(seed: int) -> None:
     cm = plan.cost_model
     if len(plan.transfer_tasks) == 0:
         pytest.skip("all stages on the source: no transfer")
-    transfers = [*cm["transfer_in_s"], cm["output_s"]]
-    assert max(transfers) == cm["bottleneck_s"]  # 1-4 Mbps links dominate the compute
+    links = [*cm["link_in_s"], cm["output_link_s"]]
+    assert max(links) == cm["bottleneck_s"]  # 1-4 Mbps links dominate the compute
     result = simulate(plan, 120)
     assert result.single_latency_s == pytest.approx(cm["latency_s"], rel=1e-9)
     assert result.throughput_per_s == pytest.approx(1 / cm["bottleneck_s"], rel=0.01)
@@ -293,11 +307,11 @@ def test_dependencies_respected() -> None:
     cluster = toy_cluster(rng, 3)
     plan = random_dag_plan(rng, cluster, 12)
     result = simulate(plan, 10)
-    end = {(e.request, e.task): e.end for e in result.events}
+    done = {(e.request, e.task): e.done for e in result.events}
     after = {t.id: t.after for t in plan.tasks}
     for ev in result.events:
         for dep in after[ev.task]:
-            assert ev.start >= end[(ev.request, dep)]
+            assert ev.start >= done[(ev.request, dep)]  # a transfer's dependants wait for its arrival
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
@@ -396,6 +410,63 @@ def test_link_directions_are_independent() -> None:
     assert result.single_latency_s == pytest.approx(0.002)
 
 
+def chunked_plan(chunks: int, latency: str, overhead_s: float = 0.0) -> Plan:
+    """`chunks` messages of 1000 bytes a -> b on an 8 Mbps link (1 ms each), then b computes 1 ms."""
+    cluster = Cluster.from_dict({**TWO, "links": {"a-b": {"bandwidth": "8Mbps", "latency": latency}}})
+    tasks: list[ComputeTask | TransferTask] = [
+        TransferTask(id=f"x{j}", src="a", dst="b", values=["input"], bytes=1000, overhead_s=overhead_s)
+        for j in range(chunks)
+    ]
+    tasks.append(ComputeTask(id="c", device="b", nodes=[0], time_s=0.001, after=[t.id for t in tasks]))
+    return Plan(
+        strategy="x",
+        objective="latency",
+        model="toy",
+        source="a",
+        devices=["a", "b"],
+        num_nodes=1,
+        input_bytes=1000 * chunks,
+        output_bytes=0,
+        tasks=tasks,
+        cluster=cluster.to_dict(),
+    )
+
+
+def test_back_to_back_transfers_pay_the_latency_once() -> None:
+    """Latency is propagation: chunk j leaves at j ms and arrives 50 ms later; the link is busy 1 ms per chunk."""
+    result = simulate(chunked_plan(10, "50ms"), 1)
+    ev = {e.task: e for e in result.events}
+    for j in range(10):
+        assert (ev[f"x{j}"].start, ev[f"x{j}"].end) == pytest.approx((0.001 * j, 0.001 * (j + 1)))
+        assert ev[f"x{j}"].arrival == pytest.approx(0.001 * (j + 1) + 0.05)
+    assert ev["c"].start == pytest.approx(0.060)  # 10 x B/bw + L, not 10 x (B/bw + L) = 0.51
+    assert result.single_latency_s == pytest.approx(0.061)
+    link = result.links["a->b"]
+    assert link.busy_s == pytest.approx(0.010) and link.utilisation == pytest.approx(0.010 / 0.061)
+
+
+def test_the_per_message_overhead_occupies_the_link() -> None:
+    """The software cost is paid by the sender before the next message: it queues like bytes do."""
+    result = simulate(chunked_plan(2, "20ms", overhead_s=0.0005), 1, overhead_s=0.00025)
+    ev = {e.task: e for e in result.events}
+    per_message = 0.001 + 0.0005 + 0.00025
+    assert ev["x1"].start == pytest.approx(per_message)
+    assert ev["x1"].arrival == pytest.approx(2 * per_message + 0.02)
+    assert result.links["a->b"].busy_s == pytest.approx(2 * per_message)
+
+
+@pytest.mark.parametrize("latency", ["0ms", "30ms", "300ms"])
+def test_a_long_latency_link_still_pipelines_at_its_bottleneck(latency: str) -> None:
+    """1 ms per message and 1 ms of compute: one request per ms whatever the latency, as the
+    throughput objective says; the default window grows with the latency so that it can."""
+    plan = chunked_plan(1, latency)
+    window = simulate(plan, 1).max_inflight
+    assert window == len(plan.tasks) + 1 + round(float(latency[:-2]) / 1.0)
+    result = simulate(plan, 2000)
+    assert result.throughput_per_s == pytest.approx(1000.0, rel=0.01)
+    assert result.single_latency_s == pytest.approx(0.002 + float(latency[:-2]) / 1000)
+
+
 def test_busy_times_sum_to_task_durations() -> None:
     plan = pipeline_plan(2, skips=True)
     cluster = Cluster.from_dict(plan.cluster)
@@ -412,7 +483,7 @@ def test_busy_times_sum_to_task_durations() -> None:
         assert use.utilisation == pytest.approx(use.busy_s / result.makespan_s)
     for task in plan.transfer_tasks:
         use = result.links[f"{task.src}->{task.dst}"]
-        expected = n * (cluster.transfer_time(task.src, task.dst, task.bytes) + 0.0005)
+        expected = n * (task.bytes * 8 / cluster.link(task.src, task.dst).bandwidth_bps + 0.0005)  # no latency
         assert use.busy_s == pytest.approx(expected, rel=1e-9)
         assert use.busy_s == pytest.approx(per_resource[f"link:{task.src}->{task.dst}"], rel=1e-9)
         assert use.bytes == n * task.bytes and use.transfers == n

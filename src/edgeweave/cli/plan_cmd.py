@@ -192,6 +192,8 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
     mem_cap = {d: v.get("memory") for d, v in the_plan.cluster.get("devices", {}).items()}
     for k, task in enumerate(computes):
         t_in = cm["transfer_in_s"][k] if "transfer_in_s" in cm else None
+        # the bottleneck is the link's occupancy (bytes / bandwidth), not its latency + occupancy
+        link_in = cm["link_in_s"][k] if "link_in_s" in cm else t_in
         xfer = next((t for t in the_plan.tasks if t.kind == "transfer" and t.id == f"x{k}"), None)
         first, last = task.nodes[0], task.nodes[-1]
         span = f"{first}-{last} ({prof.nodes[first].name} .. {prof.nodes[last].name})"
@@ -202,7 +204,7 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
             task.device,
             span,
             _mark(cm["compute_s"][k] if "compute_s" in cm else task.time_s, bottleneck),
-            _mark(t_in, bottleneck) if t_in is not None else "-",
+            _mark(t_in, bottleneck, link_in) if t_in is not None else "-",
             format_bytes(xfer.bytes) if xfer else "-",
             f"{format_bytes(task.memory_bytes)} / {mem_cap.get(task.device, '?')}",
         )
@@ -225,10 +227,12 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
-def _mark(value: float, bottleneck: float) -> str:
-    """A time in ms, highlighted when it is the plan's bottleneck."""
+def _mark(value: float, bottleneck: float, busy: float | None = None) -> str:
+    """A time in ms, highlighted when it is the plan's bottleneck. `busy` is what the resource is
+    held for when that differs from `value` (a transfer: its link occupancy, without latency)."""
     text = f"{value * 1e3:.2f} ms"
-    return f"[bold red]{text}*[/]" if abs(value - bottleneck) <= 1e-12 * max(1.0, bottleneck) else text
+    held = value if busy is None else busy
+    return f"[bold red]{text}*[/]" if abs(held - bottleneck) <= 1e-12 * max(1.0, bottleneck) else text
 
 
 def register(app: typer.Typer) -> None:

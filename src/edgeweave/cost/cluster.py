@@ -2,7 +2,7 @@
 
 This implements the "Cluster YAML" contract of the design notes. Planners, the simulator and
 the runtime all read the same `Cluster`, so every question about a device or a link goes through
-the lookups here (`link`, `transfer_time`), never through the raw YAML.
+the lookups here (`link`, `transfer_time`, `occupancy`), never through the raw YAML.
 
 Two rules shape the code:
 
@@ -36,6 +36,7 @@ from pydantic_core import PydanticCustomError
 from rich.console import Console
 from rich.table import Table
 
+from edgeweave.cost.linkmodel import link_occupancy_s, transfer_s
 from edgeweave.cost.units import (
     exact_bandwidth,
     exact_bytes,
@@ -266,10 +267,12 @@ class Link(BaseModel):
         return data
 
     def transfer_time(self, nbytes: float) -> float:
-        """latency + bits / bandwidth: the time for `nbytes` to arrive whole."""
-        if nbytes < 0:
-            raise ValueError(f"cannot transfer a negative number of bytes ({nbytes})")
-        return self.latency_s + nbytes * 8 / self.bandwidth_bps
+        """latency + bits / bandwidth: the time for `nbytes` to arrive whole on an idle link."""
+        return transfer_s(nbytes, self.bandwidth_bps, self.latency_s)
+
+    def occupancy(self, nbytes: float) -> float:
+        """bits / bandwidth: how long a message holds the link (latency does not; see cost/linkmodel.py)."""
+        return link_occupancy_s(nbytes, self.bandwidth_bps)
 
 
 def _bad_name_message(name: str) -> str:
@@ -519,6 +522,13 @@ class Cluster(BaseModel):
             self.device(a)
             return 0.0
         return self.link(a, b).transfer_time(nbytes)
+
+    def occupancy(self, a: str, b: str, nbytes: float) -> float:
+        """Seconds `nbytes` hold the a -> b link (bits / bandwidth, no latency), 0 on one device."""
+        if a == b:
+            self.device(a)
+            return 0.0
+        return self.link(a, b).occupancy(nbytes)
 
     def trace_path(self, a: str, b: str) -> Path | None:
         """The a -> b link's trace file, resolved against the cluster file's folder (or cwd)."""

@@ -5,12 +5,20 @@ One function, `timeline_energy`, serves the simulator (predicted events) and the
 
 - A device draws `idle_w` for the whole window, plus `busy_w - idle_w` while it computes
   (the union of its compute intervals, so overlapping measured tasks are not counted twice).
-- Its radio draws `radio_base_w` while any transfer it sends or receives is in flight (the union
-  of those intervals) plus `radio_w_per_mbps * rate` for each transfer, on the sender and on the
-  receiver (`radio_rx_w_per_mbps` on the receiver when given). `rate * duration` is the number of
-  megabits moved whatever the rate, so the per-Mbps term is simply W/Mbps x megabits: the
-  simulator (rate = link bandwidth, latency included in the duration) and the runtime
-  (rate = bytes*8 / measured duration) agree on it exactly.
+- Its radio draws `radio_base_w` while any transfer it sends or receives is being transmitted
+  (the union of those intervals) plus `radio_w_per_mbps * rate` for each transfer, on the sender
+  and on the receiver (`radio_rx_w_per_mbps` on the receiver when given). `rate * duration` is
+  the number of megabits moved whatever the rate, so the per-Mbps term is simply W/Mbps x
+  megabits: the simulator (rate = link bandwidth) and the runtime (rate = bytes*8 / measured
+  duration) agree on it exactly.
+- The radio is active while a message is transmitted, NOT during the link's latency: a transfer
+  event spans its link occupancy (first byte out to last byte out, plus the per-message software
+  cost where one is counted), as the design notes' link model defines it (`cost/linkmodel.py`).
+  Latency is propagation (air, switches, the peer's queue): the radios have sent or received
+  every bit by then, and counting it would charge a chunked stream its latency once per chunk,
+  the error the link model exists to remove. The simulator's events already end when the last
+  byte has left; the runtime's measured transfers end at arrival, so `Session.collect_events`
+  moves that to `arrival` and ends the event one link latency earlier.
 - Radio power adds to idle/busy power: the radio is a separate consumer (Huang et al. measured
   it as the phone's power above its screen-on idle baseline).
 

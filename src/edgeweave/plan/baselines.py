@@ -144,8 +144,10 @@ def pipedream(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
     bandwidth and latency of the link from the first to the second device. The DP picks the
     number of stages (at most the number of devices) and the cuts minimising the bottleneck
     (throughput) or the summed time (latency) under that assumption, including the output's
-    trip back to the source; stage k then goes to the k-th device (source first). The caller
-    costs the result on the real, heterogeneous cluster. O(L^2 * N), one numpy matrix per k.
+    trip back to the source; stage k then goes to the k-th device (source first). As in the
+    cost model, a cut's link time is bytes / bandwidth in the bottleneck (latency does not
+    occupy a link) and latency + bytes / bandwidth in the sum. The caller costs the result on
+    the real, heterogeneous cluster. O(L^2 * N), one numpy matrix per k.
     """
     _check_objective(objective)
     order = source_first(pm)
@@ -153,7 +155,9 @@ def pipedream(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
     link_lat = float(pm.latency[ref, order[1]]) if len(order) > 1 else 0.0
     link_bw = float(pm.bandwidth[ref, order[1]]) if len(order) > 1 else np.inf
     comp = _stage_cost_matrix(pm, float(pm.speed[ref]), float(pm.memory[ref]))
-    trans = link_lat + pm.cut_bytes / link_bw  # into a stage starting at cut p
+    trans = pm.cut_bytes / link_bw  # into a stage starting at cut p: the link's occupancy
+    if objective == "latency":
+        trans = trans + link_lat  # one request also waits for the latency
     stages = _pipedream_dp(comp, trans, len(order), objective)
     if stages is None:
         raise UserError(

@@ -4,6 +4,10 @@ A placement is an ordered list of parts `(device index, node indices)`; a pipeli
 contiguous stages, a DAG cut's parts need not be. Like the pipeline cost model, the boundary
 before part k carries every value produced before it (the model input included) that part k or
 a later part reads: skip connections travel stage to stage.
+
+As in the pipeline cost model, a boundary costs one request latency + bytes / bandwidth
+(`transfer_in_s`, summed into `latency_s`) and holds its link bytes / bandwidth (`link_in_s`,
+which the bottleneck counts): latency is propagation and does not occupy a link.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ def stages_to_placement(stages: list[Stage]) -> Placement:
 @dataclass
 class PlacementCosts:
     compute_s: list[float]
-    transfer_in_s: list[float]
+    transfer_in_s: list[float]  # latency + bytes / bandwidth
     transfer_in_bytes: list[int]
     crossing: list[list[str]]
-    output_s: float
+    output_s: float  # latency + bytes / bandwidth
     memory_bytes: list[int]
     fits: bool
-    bottleneck_s: float
-    latency_s: float
+    bottleneck_s: float  # max of compute, link_in_s and output_link_s
+    latency_s: float  # sum of compute, transfer_in_s and output_s
+    link_in_s: list[float]  # occupancy of each incoming link: bytes / bandwidth
+    output_link_s: float  # occupancy of the output's link back to the source
 
     @property
     def throughput_per_s(self) -> float:
@@ -69,12 +75,13 @@ def crossing_values(profile: Profile, placement: Placement) -> list[list[str]]:
 def evaluate_placement(profile: Profile, pm: PipelineModel, placement: Placement) -> PlacementCosts:
     """Costs under the design notes' model; equals `pm.evaluate` for contiguous stages."""
     crossing = crossing_values(profile, placement)
-    compute, t_in, b_in, memory = [], [], [], []
+    compute, t_in, occ_in, b_in, memory = [], [], [], [], []
     prev = pm.source
     for (dev, nodes), values in zip(placement, crossing, strict=True):
         compute.append(float(pm.times[nodes].sum()) / float(pm.speed[dev]))
         nbytes = sum(profile.value_bytes(v) for v in values)
         b_in.append(nbytes if prev != dev else 0)
+        occ_in.append(pm.link_time(prev, dev, nbytes))
         t_in.append(0.0 if prev == dev else float(pm.latency[prev, dev] + nbytes / pm.bandwidth[prev, dev]))
         memory.append(int(pm.params[nodes].sum() + pm.out_bytes[nodes].max()))
         prev = dev
@@ -84,9 +91,11 @@ def evaluate_placement(profile: Profile, pm: PipelineModel, placement: Placement
         if last == pm.source
         else float(pm.latency[last, pm.source] + profile.output_bytes / pm.bandwidth[last, pm.source])
     )
+    output_link = pm.link_time(last, pm.source, profile.output_bytes)
     fits = all(m <= pm.memory[d] for m, (d, _) in zip(memory, placement, strict=True))
-    times = compute + t_in + [output]
-    return PlacementCosts(compute, t_in, b_in, crossing, output, memory, fits, max(times), sum(times))
+    bottleneck = max([*compute, *occ_in, output_link])
+    latency = sum([*compute, *t_in, output])
+    return PlacementCosts(compute, t_in, b_in, crossing, output, memory, fits, bottleneck, latency, occ_in, output_link)
 
 
 def build_plan(
@@ -168,6 +177,8 @@ def build_plan(
             "compute_s": costs.compute_s,
             "transfer_in_s": costs.transfer_in_s,
             "output_s": costs.output_s,
+            "link_in_s": costs.link_in_s,
+            "output_link_s": costs.output_link_s,
             "memory_bytes": costs.memory_bytes,
         },
         cluster=cluster.to_dict(),

@@ -5,6 +5,12 @@ model input and cut L the output back to the source). Planners search over these
 module is the single definition of what a plan costs, so planners, baselines, tests and the
 simulator's cross-checks all agree.
 
+Links follow the design notes' link model (`cost/linkmodel.py`): a transfer costs one request
+latency + bytes / bandwidth (`transfer`, the latency objective), but holds its link only
+bytes / bandwidth (`occupancy`, the throughput objective's link time): latency is propagation,
+which messages in flight overlap. So the bottleneck is the max of compute times and link
+occupancies, and the latency the sum of compute and transfer times.
+
 Stage memory (documented contract): the parameters of its nodes plus the largest activation any
 of its nodes produces. Both grow when a stage grows, which the exact planner relies on.
 """
@@ -32,12 +38,14 @@ class Stage:
 @dataclass
 class StageCosts:
     compute_s: list[float]
-    transfer_in_s: list[float]  # into each stage (stage 0: the input from the source)
-    output_s: float  # last stage's output back to the source
+    transfer_in_s: list[float]  # into each stage (stage 0: the input from the source): latency + bytes/bw
+    output_s: float  # last stage's output back to the source: latency + bytes/bw
     memory_bytes: list[int]
-    bottleneck_s: float
-    latency_s: float
+    bottleneck_s: float  # max of compute_s, link_in_s and output_link_s
+    latency_s: float  # sum of compute_s, transfer_in_s and output_s
     fits: bool
+    link_in_s: list[float] = field(default_factory=list)  # occupancy of each incoming link: bytes/bw
+    output_link_s: float = 0.0  # occupancy of the output's link back to the source
 
     @property
     def throughput_per_s(self) -> float:
@@ -115,9 +123,26 @@ class PipelineModel:
         return int(self.prefix_params[end] - self.prefix_params[start] + self.out_bytes[start:end].max())
 
     def transfer(self, cut: int, src: int, dst: int) -> float:
+        """One request's time for cut `cut` from src to dst: latency + bytes / bandwidth (0 on one device)."""
         if src == dst:
             return 0.0
         return float(self.latency[src, dst] + self.cut_bytes[cut] / self.bandwidth[src, dst])
+
+    def occupancy(self, cut: int, src: int, dst: int) -> float:
+        """How long cut `cut` holds the src -> dst link: bytes / bandwidth, no latency (0 on one device)."""
+        if src == dst:
+            return 0.0
+        return float(self.cut_bytes[cut] / self.bandwidth[src, dst])
+
+    def link_time(self, src: int, dst: int, nbytes: float, overhead_s: float = 0.0) -> float:
+        """Occupancy of any message of `nbytes` on src -> dst: bytes / bandwidth + per-message cost.
+
+        For planners that price their own messages (bands, chunks); the message arrives
+        `latency[src, dst]` after this (`cost/linkmodel.py`). 0 on one device.
+        """
+        if src == dst:
+            return 0.0
+        return float(nbytes / self.bandwidth[src, dst]) + overhead_s
 
     def evaluate(self, stages: list[Stage]) -> StageCosts:
         """Costs of a stage list under the design notes' model (contiguity is checked)."""
@@ -131,15 +156,24 @@ class PipelineModel:
         compute = [self.compute(s.start, s.end, s.device) for s in stages]
         prev = [self.source] + [s.device for s in stages[:-1]]
         transfer_in = [self.transfer(s.start, p, s.device) for s, p in zip(stages, prev, strict=True)]
+        link_in = [self.occupancy(s.start, p, s.device) for s, p in zip(stages, prev, strict=True)]
         output = self.transfer(self.num_nodes, stages[-1].device, self.source)
+        output_link = self.occupancy(self.num_nodes, stages[-1].device, self.source)
         memory = [self.stage_memory(s.start, s.end) for s in stages]
         fits = all(m <= self.memory[s.device] for m, s in zip(memory, stages, strict=True))
-        everything = compute + transfer_in + [output]
-        return StageCosts(compute, transfer_in, output, memory, max(everything), sum(everything), fits)
+        bottleneck = max([*compute, *link_in, output_link])
+        latency = sum([*compute, *transfer_in, output])
+        return StageCosts(compute, transfer_in, output, memory, bottleneck, latency, fits, link_in, output_link)
 
     def transfer_matrix(self, cut: int) -> np.ndarray:
-        """Transfer time of cut `cut` for every (from, to) pair; 0 on the diagonal."""
+        """Transfer time (latency + bytes / bandwidth) of cut `cut` for every (from, to) pair; 0 on the diagonal."""
         t = self.latency + self.cut_bytes[cut] / self.bandwidth
+        np.fill_diagonal(t, 0.0)
+        return t
+
+    def occupancy_matrix(self, cut: int) -> np.ndarray:
+        """Link occupancy (bytes / bandwidth) of cut `cut` for every (from, to) pair; 0 on the diagonal."""
+        t = self.cut_bytes[cut] / self.bandwidth
         np.fill_diagonal(t, 0.0)
         return t
 

@@ -1,8 +1,12 @@
 """The exact heterogeneous pipeline planner (`--strategy pipeline`).
 
+Link model (design notes, `cost/linkmodel.py`): a cut holds its link for bytes / bandwidth (its
+*occupancy*) and costs one request latency + bytes / bandwidth (its *transfer time*); latency is
+propagation, which messages in flight overlap, so it counts in the latency objective only.
+
 Throughput objective: the optimal bottleneck T* is one of finitely many values (a stage's
-compute time or a cut's transfer time), so we binary-search the sorted candidates with an exact
-feasibility test "is there a plan whose every compute and transfer time is <= T?".
+compute time or a cut's link occupancy), so we binary-search the sorted candidates with an exact
+feasibility test "is there a plan whose every compute time and link occupancy is <= T?".
 
 The test is a dynamic programme over which devices are already used. Devices that are
 interchangeable (same speed, memory and links) form a class and the state only counts how many
@@ -13,9 +17,10 @@ that starts later but ends at the same cut does less work and needs less memory,
 feasibility depends only on the cut). With pairwise links the transfer depends on which devices
 meet at a cut, so the state keeps the last class and the *set* of reachable cuts.
 
-Latency objective: a shortest path over (devices used, last class, cut) with costs summed, done
-as min-plus products over whole cut vectors and pruned by an upper bound. The throughput plan
-is then refined with the same search: among plans with bottleneck T*, the lowest latency.
+Latency objective: a shortest path over (devices used, last class, cut) with compute and
+transfer times summed, done as min-plus products over whole cut vectors and pruned by an upper
+bound. The throughput plan is then refined with the same search: among plans with bottleneck T*
+(every compute time and link occupancy <= T*), the lowest latency.
 """
 
 from __future__ import annotations
@@ -97,12 +102,18 @@ class _Problem:
         self.internal = pm.allowed.copy()
         self.internal[0] = self.internal[self.L] = False
         self.qmem = np.stack([self._memory_reach(int(pm.memory[r])) for r in self.rep])
-        # class-to-class transfer per cut: [from_class, to_class, cut]; from "start" = source.
+        # class-to-class times per cut: [from_class, to_class, cut]; inf where no such pair exists.
+        # trans: latency + bytes / bandwidth (summed by the latency objective); occ: bytes /
+        # bandwidth, the link's occupancy (bounded by the bottleneck T).
         self.trans = np.stack([np.stack([self._class_transfer(a, b) for b in range(self.C)]) for a in range(self.C)])
+        self.occ = np.stack(
+            [np.stack([self._class_transfer(a, b, latency=False) for b in range(self.C)]) for a in range(self.C)]
+        )
         self.remaining = pm.prefix_time[-1] - pm.prefix_time
 
-    def _class_transfer(self, a: int, b: int) -> np.ndarray:
-        """Transfer time of every cut from a device of class a to a (different) device of class b."""
+    def _class_transfer(self, a: int, b: int, latency: bool = True) -> np.ndarray:
+        """Transfer time (or, without `latency`, link occupancy) of every cut from a device of
+        class a to a (different) device of class b."""
         pm = self.pm
         da = self.classes[a][0]
         if a == b:
@@ -111,7 +122,8 @@ class _Problem:
             db = self.classes[a][1]
         else:
             db = self.classes[b][0]
-        return pm.latency[da, db] + pm.cut_bytes / pm.bandwidth[da, db]
+        occupancy = pm.cut_bytes / pm.bandwidth[da, db]
+        return pm.latency[da, db] + occupancy if latency else occupancy
 
     def _memory_reach(self, capacity: int) -> np.ndarray:
         """qmem[p]: the largest end q with stage [p, q) fitting in `capacity` (q = p: nothing fits)."""
@@ -153,13 +165,13 @@ class _Problem:
         return qmax, Tt
 
     def candidates(self, lo: float, hi: float) -> np.ndarray:
-        """Every compute or transfer time in [lo, hi]: T* is one of them."""
+        """Every compute time or link occupancy in [lo, hi]: T* is one of them."""
         pt = self.pm.prefix_time
         starts = np.flatnonzero(self.pm.allowed[: self.L])
         ends = np.flatnonzero(self.pm.allowed[1:]) + 1
         work = pt[ends][None, :] - pt[starts][:, None]
         work = work[work > 0]
-        vals = [self.trans[np.isfinite(self.trans)].ravel()]
+        vals = [self.occ[np.isfinite(self.occ)].ravel()]
         for s in np.unique(self.speed):
             v = work / s
             vals.append(v[(v >= lo * (1 - _REL)) & (v <= hi * (1 + _REL))])
@@ -187,7 +199,7 @@ def _feasible_uniform(pb: _Problem, T: float):
     L = pb.L
     qmax, Tt = pb.reach(T)
     other = next((c for c in range(pb.C) if c != pb.src_class), None)
-    tr = pb.trans[pb.src_class, other] if other is not None else np.full(L + 1, np.inf)
+    tr = pb.occ[pb.src_class, other] if other is not None else np.full(L + 1, np.inf)
     cut_ok = pb.internal & (tr <= Tt)
     last_ok = np.maximum.accumulate(np.where(cut_ok, np.arange(L + 1), -1))
     reach = last_ok[np.minimum(qmax, L - 1)]
@@ -242,7 +254,7 @@ def _feasible_general(pb: _Problem, T: float):
     """Cut-set DP keyed by (used-count state, last class). Returns a stage list or None."""
     L = pb.L
     qmax, Tt = pb.reach(T)
-    ok = pb.trans <= Tt  # [from, to, cut]
+    ok = pb.occ <= Tt  # [from, to, cut]: the link's occupancy within the bottleneck
     positions = np.arange(L + 1)
     frontier: dict[tuple[int, int], np.ndarray] = {}
     history: dict[tuple[int, int], np.ndarray] = {}
@@ -323,7 +335,7 @@ _ANY = -2  # with uniform links the last device does not change any later cost: 
 def _latency_search(
     pb: _Problem, uniform: bool, cap: float = np.inf, upper: float = np.inf, max_expansions: int = 10**9
 ):
-    """Minimum-latency plan with every compute and transfer <= cap. Returns (latency, stages) or None.
+    """Minimum-latency plan with every compute time and link occupancy <= cap. Returns (latency, stages) or None.
 
     Layered over the number of devices used; each (state, last class) keeps a vector of best
     costs per cut and expands to the next class with one min-plus product. A state is pruned
@@ -340,7 +352,7 @@ def _latency_search(
         m = (pt[None, :] - pt[:, None]) / pb.speed[c]
         bad = (idx[None, :] <= idx[:, None]) | (idx[None, :] > pb.qmem[c][:, None]) | ~valid_end[None, :] | (m > capt)
         comp.append(np.where(bad, np.inf, m))
-    trans = np.where(pb.trans <= capt, pb.trans, np.inf)
+    trans = np.where(pb.occ <= capt, pb.trans, np.inf)  # cap the occupancy, sum the transfer time
     free = pb.counts < pb.size[None, :]
     fastest_free = np.where(free, pb.speed[None, :], 0.0).max(axis=1)
     best = upper * (1 + _REL) if np.isfinite(upper) else np.inf

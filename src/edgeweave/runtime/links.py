@@ -6,14 +6,19 @@ outgoing link and, before handing a message to ZeroMQ, asks it when the message 
 arrived on the emulated link (`reserve`) and sleeps until then (`wait_until`). The receiver
 then sees the message at the emulated arrival time.
 
-The shaper charges a message exactly what the planner's cost model charges it:
-latency + bytes / bandwidth, and the link stays busy for that whole time, so messages queue
-behind each other and a measured run can be compared with a prediction message by message.
+The shaper follows the design notes' link model (`cost/linkmodel.py`), as the simulator and the
+planners do: the link is a FIFO pipe that carries one message's bytes at a time, so a message
+holds it for its transmission time (bytes / bandwidth) and the next one queues behind that; the
+message arrives `latency` after its last byte has left. Latency is propagation delay and does not
+hold the link: two back-to-back messages of B bytes arrive at B/bw + L and 2*B/bw + L, not
+2*(B/bw + L). So a measured run can be compared with a prediction message by message.
 A bandwidth trace (`time_s,mbps` CSV) makes the rate vary over time; the transmission time is
 the integral of the piecewise-constant rate.
 
-With kernel shaping (`--links netns`, see `netns.py`) tc already limits the rate, and the kernel
-here has no netem, so the shaper then adds only the latency (`shape_bandwidth=False`).
+With kernel shaping (`--links netns`, see `netns.py`) tc already limits the rate and queues the
+messages, and the kernel here has no netem, so the shaper then adds only the latency, without
+holding the link (`shape_bandwidth=False`): each message is handed to the kernel `latency` after
+it was handed over, and the kernel's FIFO queue transmits it at the shaped rate.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeweave.cost.linkmodel import send_on_link
 from edgeweave.errors import UserError
 
 Trace = list[tuple[float, float]]
@@ -190,7 +196,7 @@ class LinkShaper:
 
     @property
     def free_at(self) -> float:
-        """When the link has finished with every message reserved so far."""
+        """When the last byte of every message reserved so far has left (latency not included)."""
         return self._free_at
 
     def rate_at(self, t_abs: float) -> float:
@@ -222,10 +228,11 @@ class LinkShaper:
     def reserve(self, nbytes: int, now: float) -> tuple[float, float]:
         """Book the link for one message handed over at `now`: (start, deliver_at), monotonic seconds.
 
-        start = when the link is free (not before `now`); deliver_at = start + latency +
-        transmission time, and the link is busy until deliver_at, as in the cost model. Without
-        bandwidth shaping (the kernel does it) only the latency is added and the link is free
-        again at `start`.
+        start = when the link is free (not before `now`); the link is busy for the transmission
+        time only (until start + transmission, `free_at`), and deliver_at = start + transmission
+        time + latency: latency delays this message without delaying the next one. Without
+        bandwidth shaping (the kernel transmits and queues) only the latency is added,
+        deliver_at = start + latency, and the link is free again at `start`.
 
         Pass as `now` the time the message was handed to the link (e.g. when it was put in the
         sender thread's queue), not the time the thread got round to it: otherwise the time
@@ -236,9 +243,9 @@ class LinkShaper:
         if not self.shape_bandwidth:
             self._free_at = start
             return start, start + self.spec.latency_s
-        deliver_at = start + self.spec.latency_s + self.transmission_time(nbytes, start)
-        self._free_at = deliver_at
-        return start, deliver_at
+        sent = send_on_link(self._free_at, now, self.transmission_time(nbytes, start), self.spec.latency_s)
+        self._free_at = sent.free_s
+        return sent.start_s, sent.arrive_s
 
 
 def wait_until(t: float, stop: threading.Event | None = None) -> bool:

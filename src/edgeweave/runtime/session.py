@@ -472,13 +472,31 @@ class Session:
 
     # -- telemetry and shutdown ------------------------------------------------------------
     def collect_events(self) -> list[dict[str, Any]]:
-        """The measured timeline of every device (compute tasks, and transfers as their receivers saw them)."""
+        """The measured timeline of every device (compute tasks, and transfers as their receivers saw them).
+
+        A receiver sees a transfer from its first byte leaving the sender to its arrival, link
+        latency included; the simulator's events (and the energy model) span only the time the
+        link was busy sending, latency being propagation that does not hold it. So each measured
+        transfer keeps its arrival in `arrival` and ends one link latency before it.
+        """
         events = list(self.source.events)
         self.source.events = []
         for remote in self.remotes.values():
             remote.sock.send_multipart(pack({"type": "collect"}))
             events += self._expect(remote, "events", 10.0, f"device {remote.device}: no telemetry")["events"]
-        return sorted(events, key=lambda e: e["start"])
+        return sorted((self._sending_span(e) for e in events), key=lambda e: e["start"])
+
+    def _sending_span(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A measured transfer as [start, arrival - link latency] with its `arrival`; others as they are."""
+        if event.get("kind") != "transfer" or "arrival" in event:
+            return event
+        src, _, dst = str(event["resource"]).partition(":")[2].partition("->")
+        try:
+            latency = self.cluster.link(src, dst).latency_s
+        except (UserError, ValueError):  # a device the current cluster no longer knows
+            latency = 0.0
+        arrival = float(event["end"])
+        return {**event, "end": max(float(event["start"]), arrival - latency), "arrival": arrival}
 
     def close(self) -> None:
         for remote in self.remotes.values():

@@ -6,13 +6,17 @@ per-device and per-link busy time and the full timeline.
 
 The rules (the runtime executes the same ones, so a prediction and a measurement compare):
 
-- A compute task lasts `task.time_s` (the planner already scaled it to its device). A transfer
-  lasts `cluster.transfer_time(src, dst, bytes) + overhead_s`, and the link direction is busy for
-  ALL of it, latency included. This is the design notes' cost model ("compute and transfer
-  overlap fully; bottleneck = max of all compute and transfer times"): a link carries one
-  transfer at a time, so a pipeline's throughput is exactly 1 / bottleneck. (A real network
-  pipelines propagation latency; with the latency counted as busy time the simulator is, like
-  the cost model, slightly pessimistic on long-latency links.)
+- A compute task lasts `task.time_s` (the planner already scaled it to its device).
+- A transfer follows the design notes' link model (`cost/linkmodel.py`): it occupies its link
+  direction for bytes / bandwidth + overhead (`overhead_s` of `simulate` plus the task's own
+  `overhead_s`: the per-message software cost, which the sender pays before the next message can
+  go), and it completes `latency` after that, when its dependants may start. Latency is
+  propagation delay: it does not occupy the link, so the next transfer on the same direction may
+  start while this one is still in flight, and a stream of chunks pays the latency once. So a
+  pipeline's throughput is 1 / max(compute times, link occupancies), as the pipeline cost model
+  says, while one request's latency sums latency + bytes / bandwidth per transfer.
+- Busy time, utilisation and timeline events of a link count its occupancy (transmission), not
+  the latency; a transfer's event ends when its last byte has left and carries its `arrival`.
 - Resources: each device computes one task at a time; each ordered link direction (src, dst)
   carries one transfer at a time; the two directions are independent, and a device may compute
   while it sends and receives.
@@ -62,7 +66,7 @@ class DeviceUsage:
 class LinkUsage:
     transfers: int
     bytes: int
-    busy_s: float
+    busy_s: float  # transmission (bytes / bandwidth + per-message overhead); latency does not occupy a link
     utilisation: float  # busy / makespan
 
 
@@ -124,7 +128,8 @@ def _finite(value: Any) -> Any:
 class _TaskTable:
     ids: list[str]
     kinds: list[str]
-    durations: list[float]
+    durations: list[float]  # how long each task holds its resource (a transfer: its occupancy)
+    delays: list[float]  # from releasing the resource to completion (a transfer: the link latency)
     nbytes: list[int]
     deps: list[tuple[int, ...]]  # positions of the tasks each one waits for (all earlier)
     resource: list[int]  # index into `resources`
@@ -134,18 +139,22 @@ class _TaskTable:
 def _task_table(plan: Plan, cluster: Cluster | None, overhead_s: float) -> _TaskTable:
     position = {t.id: i for i, t in enumerate(plan.tasks)}
     resources: dict[str, int] = {}
-    table = _TaskTable([], [], [], [], [], [], [])
+    table = _TaskTable([], [], [], [], [], [], [], [])
     for task in plan.tasks:
+        delay = 0.0
         if task.kind == "compute":
             name, duration, nbytes = f"dev:{task.device}", float(task.time_s), 0
         else:
             assert cluster is not None  # checked by the caller: plans with transfers need a cluster
             name = f"link:{task.src}->{task.dst}"
-            duration = cluster.transfer_time(task.src, task.dst, task.bytes) + overhead_s + task.overhead_s
+            duration = cluster.occupancy(task.src, task.dst, task.bytes) + overhead_s + task.overhead_s
+            if task.src != task.dst:
+                delay = cluster.link(task.src, task.dst).latency_s
             nbytes = task.bytes
         table.ids.append(task.id)
         table.kinds.append(task.kind)
         table.durations.append(duration)
+        table.delays.append(delay)
         table.nbytes.append(nbytes)
         table.deps.append(tuple(position[a] for a in task.after))
         table.resource.append(resources.setdefault(name, len(resources)))
@@ -158,12 +167,13 @@ def _schedule(
     arrivals: list[float],
     max_inflight: int,
 ) -> tuple[list[float], list[float], list[list[float]], list[list[float]]]:
-    """Start and end of every task of every request under the FIFO rules; returns
-    (admission, finish, starts[r][i], ends[r][i]).
+    """Start and completion of every task of every request under the FIFO rules; returns
+    (admission, finish, starts[r][i], ends[r][i]). A task holds its resource from its start for
+    its duration and completes `delay` later (a transfer's latency): ends = start + duration + delay.
 
     Why one pass in (request, task position) order equals a real event simulation: under strict
-    FIFO, a task (r, i) starts at max(end of its dependencies, end of the task served just
-    before it on its resource, admission of r). Its dependencies are earlier tasks of request r
+    FIFO, a task (r, i) starts at max(completion of its dependencies, release of its resource by
+    the task served just before it, admission of r). Its dependencies are earlier tasks of request r
     (the Plan guarantees `after` names earlier tasks); the task before it on its resource has a
     smaller (request, position) key; the admission of r depends on the completion of request
     r - max_inflight. All of these have smaller keys, so visiting tasks in key order computes
@@ -176,7 +186,7 @@ def _schedule(
     finish: list[float] = []
     starts: list[list[float]] = []
     ends: list[list[float]] = []
-    durations, deps, resource = table.durations, table.deps, table.resource
+    durations, delays, deps, resource = table.durations, table.delays, table.deps, table.resource
     for r, arrival in enumerate(arrivals):
         admit = arrival if r < max_inflight else max(arrival, finish[r - max_inflight])
         start_r = [0.0] * n
@@ -190,10 +200,12 @@ def _schedule(
             if free[res] > ready:
                 ready = free[res]
             start_r[i] = ready
-            end_r[i] = free[res] = ready + durations[i]
+            free[res] = ready + durations[i]
+            end_r[i] = free[res] + delays[i]
         admission.append(admit)
         # Completions are non-decreasing in r: task i of r+1 uses the same resource as task i of
-        # r and is served after it. So "r - max_inflight completed" means all earlier ones did.
+        # r, is served after it and has the same delay. So "r - max_inflight completed" means all
+        # earlier ones did.
         finish.append(max(end_r, default=admit))
         starts.append(start_r)
         ends.append(end_r)
@@ -243,9 +255,21 @@ def _link_usage(plan: Plan, table: _TaskTable, requests: int, makespan: float) -
 
 
 def _events(table: _TaskTable, starts: list[list[float]], ends: list[list[float]]) -> list[TimelineEvent]:
+    """One event per task and request: [start, release of its resource]; a transfer also carries
+    its arrival (release + latency), so a timeline shows what the link did and when data landed."""
     names = [table.resources[res] for res in table.resource]
+    transfer = [kind == "transfer" for kind in table.kinds]
     return [
-        TimelineEvent(names[i], r, table.ids[i], s_r[i], e_r[i], table.kinds[i], table.nbytes[i])
+        TimelineEvent(
+            names[i],
+            r,
+            table.ids[i],
+            s_r[i],
+            s_r[i] + table.durations[i],
+            table.kinds[i],
+            table.nbytes[i],
+            e_r[i] if transfer[i] else None,
+        )
         for r, (s_r, e_r) in enumerate(zip(starts, ends, strict=True))
         for i in range(len(table.ids))
     ]
@@ -272,15 +296,32 @@ def _resolve_cluster(plan: Plan, cluster: Cluster | None) -> Cluster | None:
     return None
 
 
-def default_max_inflight(plan: Plan) -> int:
-    """Enough requests in flight for every task of the plan to work on a different one, plus one.
+def default_max_inflight(plan: Plan, cluster: Cluster | None = None) -> int:
+    """Enough requests in flight for every task of the plan to work on a different one, plus one,
+    plus the requests that fit in the links' latency.
 
     Transfers are pipeline stages too (a link carries one transfer at a time), so counting only
     compute tasks would cap a pipeline whose transfers are as long as its computations below
-    1 / bottleneck (Little's law: throughput <= in-flight / latency, and latency <= tasks x
-    bottleneck for a chain).
+    1 / bottleneck (Little's law: throughput <= in-flight / latency). And a link's latency does
+    not occupy it: at one request per bottleneck B, a transfer with latency L has about L / B
+    requests in flight on the wire at once, so each one adds ceil(L / B) to the window, or a
+    long-latency link would cap the throughput below 1 / B. `cluster` defaults to the plan's own.
     """
-    return len(plan.tasks) + 1
+    base = len(plan.tasks) + 1
+    if not plan.transfer_tasks:
+        return base
+    if cluster is None:
+        if not plan.cluster:
+            return base
+        cluster = Cluster.from_dict(plan.cluster, origin="the plan's cluster")
+    table = _task_table(plan, cluster, 0.0)
+    busy = [0.0] * len(table.resources)
+    for duration, res in zip(table.durations, table.resource, strict=True):
+        busy[res] += duration
+    bottleneck = max(busy)
+    if bottleneck <= 0:
+        return base
+    return base + sum(math.ceil(delay / bottleneck) for delay in table.delays if delay > 0)
 
 
 def simulate(
@@ -295,13 +336,14 @@ def simulate(
     """Stream `requests` requests through `plan` and report latency, throughput and busy times.
 
     Pure and deterministic. `cluster` replaces the plan's own (to replay it on other link rates;
-    compute times stay the plan's). `overhead_s` is added to every transfer (per-message cost of
-    a real transport). See the module docstring for the scheduling rules.
+    compute times stay the plan's). `overhead_s` is added to every transfer's occupancy (the
+    per-message cost of a real transport, which the sender pays). See the module docstring for
+    the scheduling rules.
     """
     _check_args(requests, rate_per_s, max_inflight, overhead_s)
     cluster = _resolve_cluster(plan, cluster)
     requests = int(requests)
-    inflight = default_max_inflight(plan) if max_inflight is None else int(max_inflight)
+    inflight = default_max_inflight(plan, cluster) if max_inflight is None else int(max_inflight)
     table = _task_table(plan, cluster, overhead_s)
     arrivals = [r / rate_per_s if rate_per_s else 0.0 for r in range(requests)]
     admission, finish, starts, ends = _schedule(table, arrivals, inflight)

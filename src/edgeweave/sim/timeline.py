@@ -9,6 +9,9 @@ is accepted.
 
 Resources are named "dev:NAME" (a device computing) and "link:SRC->DST" (one direction of a link
 carrying a transfer). Times are in seconds; the runtime should pass them relative to its start.
+A transfer's event spans the time its link direction was busy sending it (start to last byte
+out); the link's latency comes after that and does not occupy the link, so the message's
+`arrival` (end + latency) is carried apart, and drawn as a thin line after the bar.
 """
 
 from __future__ import annotations
@@ -35,10 +38,16 @@ class TimelineEvent:
     end: float  # seconds
     kind: str  # "compute" or "transfer"
     bytes: int = 0
+    arrival: float | None = None  # a transfer: when it reached the receiver (end + link latency)
 
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    @property
+    def done(self) -> float:
+        """When the task's result is available to its dependants: the arrival of a transfer, else its end."""
+        return self.end if self.arrival is None else self.arrival
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +70,7 @@ def as_events(source: Any) -> list[TimelineEvent]:
                     end=float(item["end"]),
                     kind=str(item.get("kind", "compute")),
                     bytes=int(item.get("bytes", 0)),
+                    arrival=None if item.get("arrival") is None else float(item["arrival"]),
                 )
             )
         else:
@@ -115,7 +125,7 @@ def draw_timeline(
 
     fig, ax = plt.subplots(figsize=(12, max(3.0, 1.2 + 0.45 * len(rows))))
     t0 = min((ev.start for ev in drawn), default=0.0)
-    t1 = max((ev.end for ev in drawn), default=1.0)
+    t1 = max((ev.done for ev in drawn), default=1.0)
     span = max(t1 - t0, 1e-12)
     for ev in drawn:
         colour = cmap(ev.request % _PALETTE_SIZE)
@@ -130,6 +140,8 @@ def draw_timeline(
             linewidth=0.4,
             hatch=hatch,
         )
+        if ev.done > ev.end:  # propagation: the message is on its way, the link already free
+            ax.hlines(row_of[ev.resource], ev.end, ev.done, colors=[colour], linewidth=1.0)
         if ev.duration > 0.025 * span:
             ax.text(
                 ev.start + ev.duration / 2, row_of[ev.resource], str(ev.request), ha="center", va="center", fontsize=7
@@ -183,7 +195,8 @@ def trace_events(source: Any, name: str = "edgeweave") -> list[dict[str, Any]]:
                 "tid": tid[ev.resource],
                 "ts": ev.start * 1e6,
                 "dur": ev.duration * 1e6,
-                "args": {"request": ev.request, "task": ev.task, "bytes": ev.bytes},
+                "args": {"request": ev.request, "task": ev.task, "bytes": ev.bytes}
+                | ({} if ev.arrival is None else {"arrival_us": ev.arrival * 1e6}),
             }
         )
     return out
