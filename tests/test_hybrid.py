@@ -78,7 +78,7 @@ def test_hybrid_grid_is_the_published_restricted_search(profiled) -> None:
     assert grid.strategy == "hybrid-grid"
     split = [t for t in grid.tasks if t.region is not None]
     if split:
-        assert {t.region["axis"] for t in split} == {"cols"}  # width only
+        assert {t.region.axis for t in split} == {"cols"}  # width only
         assert grid.cost_model["ratios"][0] in (0.0, 0.5, 0.6, 0.7, 1.0)
         assert not any(t.id.endswith(".1") for t in split)  # no streaming chunks
     ours = simulate(make_plan(profile, cluster, "hybrid", "latency", graph), requests=1).single_latency_s

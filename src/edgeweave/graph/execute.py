@@ -74,28 +74,35 @@ def _const(value: Any) -> Callable[[Env], Any]:
 
 class CompiledNode:
     """One node ready to run: its op and argument getters resolved once. A convolution with
-    constant weights runs with its weights packed once (graph/kernels.py) when the shape of its
-    input is known."""
+    constant weights runs with its weights packed (graph/kernels.py), packed on its first call
+    for the shape it is called with (a stage's graph does not know the shapes of values made on
+    other devices)."""
 
-    def __init__(self, node: OpNode, weights: Mapping[str, torch.Tensor], input_shape: list[int] | None = None):
+    def __init__(self, node: OpNode, weights: Mapping[str, torch.Tensor]):
         self.name = node.name
         self.fn = resolve_op(node.op)
         self.args = _bind(node.args, weights)
         kw = {k: _bind(v, weights) for k, v in node.kwargs.items()}
         self.kwargs = lambda env: {k: g(env) for k, g in kw.items()}
         self.out_index = node.out_index
-        self.conv = _packed(node, weights, input_shape)
+        self.conv = _conv_spec(node, weights)
+        self._packed: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
 
     def __call__(self, env: Env) -> Any:
         if self.conv is not None:
-            return self.conv(self.args(env)[0])
+            x = self.args(env)[0]
+            fn = self._packed.get(tuple(x.shape))
+            if fn is None:
+                fn = self._packed.setdefault(tuple(x.shape), packed_conv2d(*self.conv, input_shape=list(x.shape)))
+            return fn(x)
         out = self.fn(*self.args(env), **self.kwargs(env))
         return out if self.out_index is None else out[self.out_index]
 
 
-def _packed(node: OpNode, weights: Mapping[str, torch.Tensor], input_shape: list[int] | None) -> Any:
-    """A packed convolution for `aten.conv2d` with constant weight and bias, else None."""
-    if node.op != "aten.conv2d.default" or node.kwargs or input_shape is None:
+def _conv_spec(node: OpNode, weights: Mapping[str, torch.Tensor]) -> tuple | None:
+    """(weight, bias, stride, padding, dilation, groups) of an `aten.conv2d` with constant weight
+    and bias, else None."""
+    if node.op != "aten.conv2d.default" or node.kwargs:
         return None
     args = list(node.args) + [None] * (7 - len(node.args))
     w, b = args[1], args[2]
@@ -104,8 +111,7 @@ def _packed(node: OpNode, weights: Mapping[str, torch.Tensor], input_shape: list
     if not isinstance(args[0], dict) or "ref" not in args[0]:
         return None
     bias = None if b is None else weights[b["w"]]
-    stride, padding, dilation, groups = args[3] or [1, 1], args[4] or [0, 0], args[5] or [1, 1], args[6] or 1
-    return packed_conv2d(weights[w["w"]], bias, stride, padding, dilation, groups, input_shape)
+    return weights[w["w"]], bias, args[3] or [1, 1], args[4] or [0, 0], args[5] or [1, 1], args[6] or 1
 
 
 class GraphRunner:
@@ -114,15 +120,7 @@ class GraphRunner:
     def __init__(self, graph: OpGraph, weights: Mapping[str, torch.Tensor], indices: Iterable[int] | None = None):
         self.graph = graph
         chosen = range(len(graph.nodes)) if indices is None else indices
-        shapes = {INPUT: list(graph.input_shape)} | {n.name: n.out_shape for n in graph.nodes}
-
-        def input_shape(node: OpNode) -> list[int] | None:
-            first = node.args[0] if node.args else None
-            return shapes.get(first["ref"]) if isinstance(first, dict) and "ref" in first else None
-
-        self.compiled: dict[int, CompiledNode] = {
-            i: CompiledNode(graph.nodes[i], weights, input_shape(graph.nodes[i])) for i in chosen
-        }
+        self.compiled: dict[int, CompiledNode] = {i: CompiledNode(graph.nodes[i], weights) for i in chosen}
         self.last_use = last_uses(graph)
 
     @torch.no_grad()

@@ -18,6 +18,41 @@ from edgeweave.errors import read_json, validated
 
 PLAN_VERSION = 1
 
+MAX_STEPS = 64  # chunks a band's input may be streamed in (a hand-given --chunks is bounded alike)
+Interval = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]  # rows [lo, hi) along the split axis
+
+
+class Region(BaseModel):
+    """Which band of a split segment a task computes or carries (hybrid and tensor plans).
+
+    A compute task names the device's whole band of every segment output (`own`), the chunk count
+    its input was cut into and its `step`: the worker rebuilds the same input-driven steps from
+    them (graph/band_program.py) and runs step `step`. A transfer names the rows of each value it
+    carries (`bands`). Typed and bounded: it arrives at workers inside deploy messages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    axis: Literal["rows", "cols"]
+    segment: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+    own: dict[str, Interval] | None = None
+    chunks: int | None = Field(None, ge=1, le=MAX_STEPS)
+    step: int | None = Field(None, ge=0, lt=MAX_STEPS)
+    bands: dict[str, Interval] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Region:
+        if self.segment[0] > self.segment[1]:
+            raise ValueError(f"segment {list(self.segment)} ends before it starts")
+        for field_name in ("own", "bands"):
+            for value, (lo, hi) in (getattr(self, field_name) or {}).items():
+                if lo > hi:
+                    raise ValueError(f"{field_name} rows of {value!r} end before they start: [{lo}, {hi})")
+        if (self.step is None) != (self.chunks is None):
+            raise ValueError("a band step needs both `chunks` and `step`")
+        if self.step is not None and self.step >= self.chunks:
+            raise ValueError(f"step {self.step} of a band streamed in {self.chunks} chunks")
+        return self
+
 
 class ComputeTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,7 +64,7 @@ class ComputeTask(BaseModel):
     after: list[str] = Field(default_factory=list)
     time_s: float = Field(ge=0)  # predicted compute time on this device
     memory_bytes: int = 0
-    region: dict[str, Any] | None = None  # hybrid plans: the output region computed
+    region: Region | None = None  # hybrid plans: the band computed
 
 
 class TransferTask(BaseModel):
@@ -42,7 +77,7 @@ class TransferTask(BaseModel):
     values: list[str] = Field(min_length=1)  # node names or "input"
     bytes: int = Field(ge=0)
     after: list[str] = Field(default_factory=list)
-    region: dict[str, Any] | None = None
+    region: Region | None = None  # hybrid plans: the rows carried
     # per-message software cost the planner counted on top of the link's latency + bytes/bandwidth;
     # the simulator adds it (the runtime simply pays it)
     overhead_s: float = Field(0.0, ge=0)

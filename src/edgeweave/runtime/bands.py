@@ -35,7 +35,7 @@ class BandContext:
         self.programs = ProgramPool(weights or {})
         for region in regions:
             seg = self.segment(region)
-            if weights is not None and "step" in region and int(region["step"]) == 0:
+            if weights is not None and region.get("step") == 0:
                 self.programs.prepare(seg, _own(region), int(region["chunks"]))  # compiled at deploy time
 
     def segment(self, region: Mapping[str, Any]) -> Segment:
@@ -66,13 +66,13 @@ def outgoing(
         lo, hi = region["bands"][v]
         axis = input_axis(seg, v) if v in seg.inputs else seg.axis(v)
         if v in env:  # a whole value held here (a segment input on the source)
-            out.append(env[v].narrow(axis, lo, hi - lo).contiguous())
+            out.append(env[v].narrow(axis, lo, hi - lo))  # made contiguous in wire order by `pack`
             continue
         # a band this device computed, or (several split layers) one gathered here from bands
         band = covering(bands.get(v, []), axis, ctx.shape(v), lo, hi)
         if band is None:
             raise ValueError(f"task {task['id']}: rows {lo}-{hi} of {v} are not held here")
-        out.append(band.tensor.narrow(axis, lo - band.start, hi - lo).contiguous())
+        out.append(band.tensor.narrow(axis, lo - band.start, hi - lo))
     return out
 
 
@@ -97,7 +97,7 @@ def compute(
     chunks of this device's band, so a chunk computes only new rows (see `run_bands`)."""
     region = task["region"]
     seg = ctx.segment(region)
-    if "step" in region:
+    if region.get("step") is not None:
         if not ctx.programs.weights:  # a context built without weights (dry runs) takes them here
             ctx.programs.weights = weights
         _run_step(env, bands, ctx, seg, region, wavefronts if wavefronts is not None else {})

@@ -21,7 +21,7 @@ from edgeweave.runtime import bands as band_ops
 @torch.no_grad()
 def dry_run(plan: Plan, graph: OpGraph, weights: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     runner = GraphRunner(graph, weights)
-    ctx = band_ops.BandContext(graph, [t.region for t in plan.tasks if t.region is not None], weights)
+    ctx = band_ops.BandContext(graph, [t.region.model_dump() for t in plan.tasks if t.region is not None], weights)
     env: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     held: dict[str, dict[str, list]] = defaultdict(dict)
     wavefronts: dict[str, dict] = defaultdict(dict)

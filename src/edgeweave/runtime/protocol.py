@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from edgeweave.graph.opgraph import dtype_from_name
 from edgeweave.plan.ir import Task
 from edgeweave.runtime.admission import Admission, Refused
-from edgeweave.runtime.wire import PROTOCOL, WireError
+from edgeweave.runtime.wire import NHWC, PROTOCOL, WireError, from_wire_order
 
 DATA_HEADER_LIMIT = 64 << 10  # any header that is not the coordinator's
 CONTROL_HEADER_LIMIT = 16 << 20  # a deploy header lists the device's graph nodes
@@ -195,9 +195,15 @@ def decode_data(
     metas = header["tensors"]
     if type(metas) is not list or len(metas) != len(task.specs) or len(frames) != 1 + len(task.specs):
         raise Drop("wrong tensors", f"task {task_id} carries {len(task.specs)} tensors")
+    layouts = []
     for meta, spec, frame in zip(metas, task.specs, frames[1:], strict=True):
-        if not same_json(meta, spec.meta):
+        core = {k: v for k, v in meta.items() if k != "layout"} if type(meta) is dict else meta
+        if not same_json(core, spec.meta):
             raise Drop("wrong tensors", f"{spec.name} must be {spec.meta}")
+        layout = meta.get("layout")
+        if layout is not None and (layout != NHWC or len(spec.shape) != 4):
+            raise Drop("wrong tensors", f"{spec.name}: layout must be absent or {NHWC!r} for a 4-D tensor")
+        layouts.append(layout == NHWC)
         if frame_len(frame) != spec.nbytes:
             raise Drop("wrong tensors", f"{spec.name}: frame has {frame_len(frame)} bytes, not {spec.nbytes}")
     if header["bytes"] != task.nbytes:
@@ -206,11 +212,13 @@ def decode_data(
         admission.admit(request, task_id, src)
     except Refused as exc:
         raise Drop(exc.reason, str(exc)) from None
-    values = {spec.name: _view(spec, frame) for spec, frame in zip(task.specs, frames[1:], strict=True)}
+    values = {
+        spec.name: _view(spec, frame, nhwc) for spec, frame, nhwc in zip(task.specs, frames[1:], layouts, strict=True)
+    }
     return Decoded(request, task, values, header)
 
 
-def _view(spec: ValueSpec, frame: Any) -> torch.Tensor:
+def _view(spec: ValueSpec, frame: Any, nhwc: bool = False) -> torch.Tensor:
     """A tensor over the received frame's bytes (no copy), shaped as the deployment expects."""
     if spec.nbytes == 0:
         return torch.empty(spec.shape, dtype=spec.dtype)
@@ -218,7 +226,7 @@ def _view(spec: ValueSpec, frame: Any) -> torch.Tensor:
     with warnings.catch_warnings():
         # Received frames are read-only; the graph is functional, so no op writes into its inputs.
         warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(buf, dtype=torch.uint8).view(spec.dtype).reshape(spec.shape)
+        return from_wire_order(torch.frombuffer(buf, dtype=torch.uint8).view(spec.dtype), list(spec.shape), nhwc)
 
 
 # -- the deploy message ----------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Messages on the wire: one small JSON header frame, then one raw frame per tensor.
 
 Tensors travel as their bytes (sent without copying) described in the header by dtype and
-shape, so a receiver rebuilds them with `torch.frombuffer`. Nothing is ever unpickled,
+shape, so a receiver rebuilds them with `torch.frombuffer`. A channels_last feature map (what
+convolutions produce here, graph/kernels.py) travels in that byte order, marked `"layout": "nhwc"`:
+it is sent without a copy and arrives in the layout it had, so every op after it computes exactly
+as it would have on one device. Everything else travels contiguous. Nothing is ever unpickled,
 evaluated or imported from the network: a header is JSON, a tensor is bytes, weights are
 safetensors.
 
@@ -33,11 +36,46 @@ def pack(header: dict[str, Any], tensors: Sequence[torch.Tensor] = ()) -> list[A
     """Frames for a message. Tensor frames are memoryviews over the tensors' own storage (no copy)."""
     metas, frames = [], []
     for t in tensors:
-        t = t.detach().contiguous()
-        metas.append({"dtype": dtype_name(t.dtype), "shape": list(t.shape), "nbytes": t.numel() * t.element_size()})
-        frames.append(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
+        t = t.detach()
+        meta = {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "nbytes": t.numel() * t.element_size()}
+        nhwc = is_nhwc(t)
+        if nhwc:
+            meta["layout"] = NHWC
+        metas.append(meta)
+        frames.append(memoryview(wire_order(t, nhwc).reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"")
     head = json.dumps({**header, "v": PROTOCOL, "tensors": metas}, separators=(",", ":")).encode()
     return [head, *frames]
+
+
+NHWC = "nhwc"
+
+
+def is_nhwc(t: torch.Tensor) -> bool:
+    """A 4-D tensor laid out channels_last (and not also plainly contiguous)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def wire_order(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    """The tensor as a contiguous tensor whose bytes are in wire order (N, H, W, C when `nhwc`)."""
+    return t.permute(0, 2, 3, 1).contiguous() if nhwc else t.contiguous()
+
+
+def from_wire_order(flat: torch.Tensor, shape: list[int], nhwc: bool) -> torch.Tensor:
+    """A tensor of `shape` over bytes in wire order (the inverse of `wire_order`, no copy)."""
+    if nhwc:
+        n, c, h, w = shape
+        return flat.reshape(n, h, w, c).permute(0, 3, 1, 2)
+    return flat.reshape(shape)
+
+
+def layout_of(meta: dict[str, Any], shape: list[int]) -> bool:
+    """Whether a tensor description says channels_last byte order; anything else is refused."""
+    layout = meta.get("layout")
+    if layout is None:
+        return False
+    if layout != NHWC or len(shape) != 4:
+        raise WireError(f"bad tensor layout {layout!r} for shape {shape}")
+    return True
 
 
 def header_of(frame: Any) -> dict[str, Any]:
@@ -72,7 +110,8 @@ def _tensor(meta: Any, frame: Any) -> torch.Tensor:
         dtype = dtype_from_name(meta["dtype"])
         shape = [int(d) for d in meta["shape"]]
         nbytes = int(meta["nbytes"])
-    except (KeyError, TypeError, ValueError) as exc:
+        nhwc = layout_of(meta, shape)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WireError(f"bad tensor description: {exc}") from None
     if any(d < 0 for d in shape) or nbytes != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
         raise WireError("tensor shape, dtype and byte length disagree")
@@ -84,4 +123,4 @@ def _tensor(meta: Any, frame: Any) -> torch.Tensor:
     with warnings.catch_warnings():
         # Received frames are read-only; the graph is functional, so no op writes into its inputs.
         warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
+        return from_wire_order(torch.frombuffer(buf, dtype=torch.uint8).view(dtype), shape, nhwc)
