@@ -34,6 +34,8 @@ def export_model(module: torch.nn.Module, example_input: torch.Tensor, name: str
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.export(module, (example_input,), strict=False)
             return program.run_decompositions({})
+    except UserError:  # the model's own one-line refusal (e.g. --labels on a classifier): keep it
+        raise
     except Exception as exc:  # torch raises many exception types; all mean "cannot capture"
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(
@@ -133,11 +135,13 @@ class _Builder:
         )
 
 
-def _fold_getitems(nodes: list[OpNode]) -> list[OpNode]:
+def _fold_getitems(nodes: list[OpNode]) -> tuple[list[OpNode], dict[str, str]]:
     """Merge `getitem(t, k)` into its producer when only element k of a tuple is used.
 
     batch_norm and similar ops return tuples of which inference reads one element; folding keeps
     every graph node single-output, which is what cut sizes and region splits reason about.
+    Returns the nodes and the renames (folded getitem -> producer), which the model's output
+    follows too (a model may end in one, e.g. `x.max(dim=1).values`).
     """
     by_name = {n.name: n for n in nodes}
     used: dict[str, set[int]] = {}
@@ -167,7 +171,7 @@ def _fold_getitems(nodes: list[OpNode]) -> list[OpNode]:
         n.inputs = list(dict.fromkeys(rename.get(r, r) for r in n.inputs))
         n.args = _rename_refs(n.args, rename)
         n.kwargs = _rename_refs(n.kwargs, rename)
-    return kept
+    return kept, rename
 
 
 def _rename_refs(value: Any, rename: dict[str, str]) -> Any:
@@ -207,7 +211,8 @@ def capture(
     if output.op != "call_function":
         raise UserError(f"{name} returns an input or a weight unchanged; there is nothing to run")
     nodes = [builder.node(n) for n in program.graph.nodes if n.op == "call_function"]
-    nodes = _prune_to_output(_fold_getitems(nodes), output.name)
+    nodes, renamed = _fold_getitems(nodes)
+    nodes = _prune_to_output(nodes, renamed.get(output.name, output.name))
     if nodes[-1].is_tuple:
         raise UserError(f"{name} returns a tuple; edgeweave needs one tensor output")
 

@@ -69,6 +69,11 @@ def _conv(args: list[Any], shapes: list[Shape | None], out: Shape) -> int:
     return 2 * _numel(out) * math.prod(weight[1:])
 
 
+def _conv_transpose(args: list[Any], shapes: list[Shape | None], out: Shape) -> int:
+    # weight: [C_in, C_out / groups, *kernel]; each input element is scattered into that many outputs.
+    return 2 * _numel(shapes[0]) * math.prod(shapes[1][1:])
+
+
 def _linear(args: list[Any], shapes: list[Shape | None], out: Shape) -> int:
     return 2 * _numel(out) * shapes[0][-1]
 
@@ -111,6 +116,9 @@ _RULES: dict[str, Callable[[list[Any], list[Shape | None], Shape], int]] = {
     "conv1d": _conv,
     "conv3d": _conv,
     "convolution": _conv,
+    "conv_transpose1d": _conv_transpose,
+    "conv_transpose2d": _conv_transpose,
+    "conv_transpose3d": _conv_transpose,
     "linear": _linear,
     "matmul": _matmul,
     "mm": _matmul,
@@ -131,6 +139,14 @@ _RULES: dict[str, Callable[[list[Any], list[Shape | None], Shape], int]] = {
     "group_norm": _norm,
     "softmax": _norm,
     "_softmax": _norm,
+    "log_softmax": _norm,
+    "_log_softmax": _norm,
+    # reductions read every input element once (argmax over classes: one compare per score)
+    "argmax": _adaptive_pool,
+    "argmin": _adaptive_pool,
+    "amax": _adaptive_pool,
+    "amin": _adaptive_pool,
+    "sum": _adaptive_pool,
 }
 
 

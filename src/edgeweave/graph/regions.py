@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from edgeweave.graph.execute import resolve_op
-from edgeweave.graph.locality import BINARY, Interval, Locality, NodeRule, analyze, base
-from edgeweave.graph.opgraph import OpGraph, decode_const
+from edgeweave.graph.locality import BINARY, RESIZE, Interval, Locality, NodeRule, analyze, base, resize_windows
+from edgeweave.graph.opgraph import OpGraph, OpNode, decode_const
+from edgeweave.graph.resample import resize_band
 
 # A 4-D feature map splits on rows (2) or columns (3); a 3-D sequence on tokens (1).
 SEED_AXES = {"rows": {4: 2, 3: 1}, "cols": {4: 3, 3: 1}}
@@ -304,6 +305,11 @@ def _run_node(segment: Segment, i: int, out: Interval, bands: dict[str, Band], w
 
     args = [build(a) for a in node.args]
     kwargs = {k: build(v) for k, v in node.kwargs.items()}
+    if name in RESIZE or name == "conv_transpose2d":  # windows that are not affine: own band kernels
+        start = input_need(segment, i, first_ref, out)[0]
+        if name == "conv_transpose2d":
+            return _conv_transpose_band(args, kwargs, rule, out, start)
+        return _resize_band(node, args, rule, out, start, segment.loc.shapes[first_ref])
     if rule.window is not None:
         args = _pad_window(args, rule, out, segment.loc.shapes[first_ref][rule.in_axis], name)
     if rule.shape_arg is not None:
@@ -338,6 +344,56 @@ def _pad_window(args: list[Any], rule: NodeRule, out: Interval, extent: int, nam
     if name in ("max_pool2d", "avg_pool2d") and not args[2]:
         args[2] = list(args[1])  # stride defaults to the kernel: keep it explicit once we pass padding
     return args
+
+
+def _resize_band(node: OpNode, args: list[Any], rule: NodeRule, out: Interval, start: int, in_shape) -> torch.Tensor:
+    """Resizing: ATen's per-axis indices and weights for the band's own output indices (see `resample`)."""
+    windows = resize_windows(node, in_shape)
+    assert windows is not None, node.op  # the rule exists only when the windows do
+    return resize_band(args[0], windows, rule.in_axis, start, out)
+
+
+def _conv_transpose_band(
+    args: list[Any], kwargs: dict[str, Any], rule: NodeRule, out: Interval, start: int
+) -> torch.Tensor:
+    """Transposed convolution of the input band without padding along the axis, then cut to `out`.
+
+    Without padding, the band's first input row `start` lands on global output row
+    start*stride - pad; rows of `out` that no input of the band reaches (at the borders, or
+    where output_padding adds rows) get the bias alone, as they do in the whole op. The bias is
+    added after the cut: ATen adds it after accumulating as well, so the values are the same.
+    """
+    full = [*args, *([None] * 8)][:8]
+    for k, key in enumerate(("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")):
+        if key in kwargs:
+            full[k] = kwargs[key]
+    x, weight, bias = full[0], full[1], full[2]
+    stride, padding, out_pad, dilation = (_pair(full[k], default) for k, default in ((3, 1), (4, 0), (5, 0), (7, 1)))
+    groups = 1 if full[6] is None else int(full[6])
+    d, axis = rule.in_axis - 2, rule.in_axis
+    padding_here, out_pad_here = list(padding), list(out_pad)
+    padding_here[d] = out_pad_here[d] = 0
+    if x.shape[axis] > 0:
+        y = torch.ops.aten.conv_transpose2d.input(x, weight, None, stride, padding_here, out_pad_here, groups, dilation)
+        first = start * stride[d] - padding[d]  # global output index of y's first row along the axis
+    else:  # no input reaches the band: an empty piece at the band's start, padded to the band below
+        e = 1 - d  # the other spatial axis keeps its whole (transposed-convolution) size
+        other = (x.shape[2 + e] - 1) * stride[e] - 2 * padding[e] + dilation[e] * (weight.shape[2 + e] - 1)
+        shape = [x.shape[0], weight.shape[1] * groups, 0, 0]
+        shape[2 + e] = other + out_pad[e] + 1
+        y, first = x.new_zeros(shape), out[0]
+    before, after = first - out[0], out[1] - (first + y.shape[axis])
+    spec = [0, 0, 0, 0]  # F.pad order: (W_left, W_right, H_top, H_bottom); negative values cut
+    spec[2 * (1 - d)], spec[2 * (1 - d) + 1] = before, after
+    y = F.pad(y, spec)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def _pair(value: Any, default: int) -> list[int]:
+    if value is None:
+        return [default, default]
+    values = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+    return values * 2 if len(values) == 1 else values
 
 
 _DEFAULTS = {

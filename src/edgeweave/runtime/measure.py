@@ -182,8 +182,10 @@ def _errors(graph: OpGraph, weights, inputs, outputs) -> tuple[list[float], bool
     """Max abs error of each output against single-device execution, and whether all are within fp32 tolerance."""
     runner = GraphRunner(graph, weights)
     refs = [runner.run(x) for x in inputs]
-    errors = [float((y - r).abs().max()) if y.numel() else 0.0 for y, r in zip(outputs, refs, strict=True)]
-    close = all(torch.allclose(y, r, rtol=RTOL, atol=ATOL) for y, r in zip(outputs, refs, strict=True))
+    # in float64: integer outputs (a uint8 label map) would wrap around when subtracted as they are
+    pairs = [(y.to(torch.float64), r.to(torch.float64)) for y, r in zip(outputs, refs, strict=True)]
+    errors = [float((y - r).abs().max()) if y.numel() else 0.0 for y, r in pairs]
+    close = all(torch.allclose(y, r, rtol=RTOL, atol=ATOL) for y, r in pairs)
     return errors, close
 
 
