@@ -14,16 +14,17 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def zoo_graph():
-    """`zoo_graph(name, **overrides) -> (ModelSpec, OpGraph, weights)`, captured once per session."""
+    """`zoo_graph(name, input_shape=None, labels=False, **overrides) -> (ModelSpec, OpGraph, weights)`,
+    captured once per session (dense models are tested at small input shapes)."""
     from edgeweave.graph import capture
     from edgeweave.zoo import load_model
 
     cache: dict = {}
 
-    def get(name: str, **overrides):
-        key = (name, tuple(sorted(overrides.items())))
+    def get(name: str, input_shape=None, labels: bool = False, **overrides):
+        key = (name, input_shape, labels, tuple(sorted(overrides.items())))
         if key not in cache:
-            spec = load_model(name, **overrides)
+            spec = load_model(name, input_shape=input_shape, labels=labels, **overrides)
             graph, weights = capture(spec.module, spec.example_input, spec.name)
             cache[key] = (spec, graph, weights)
         return cache[key]

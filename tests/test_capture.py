@@ -12,8 +12,10 @@ from edgeweave.zoo import list_models, load_model
 
 # Full-size models that capture in seconds; the big ViTs run at reduced depth here and at full
 # size in the slow-marked test below (and in benchmarks/capture_zoo.py).
-# Every zoo model at full size except the two big ViTs.
-FAST = [m["name"] for m in list_models() if m["name"] not in ("vit_l_16", "vit_h_14")]
+# Every zoo model at full size except the two big ViTs and the camera-resolution dense models,
+# which capture here at a small frame (fcn_resnet50 at 480x640 is 325 GFLOPs per forward).
+DENSE = [m["name"] for m in list_models() if m["family"] in ("segmentation", "keypoints")]
+FAST = [m["name"] for m in list_models() if m["name"] not in ("vit_l_16", "vit_h_14", *DENSE)]
 REDUCED = [("vit_l_16", {"num_layers": 2}), ("vit_h_14", {"num_layers": 2})]
 
 
@@ -33,6 +35,28 @@ def test_zoo_model_captures_exactly(zoo_graph, name: str) -> None:
     assert len(graph) > 5
     assert all(n.out_bytes > 0 for n in graph.nodes)
     assert graph.total_flops > 0 and graph.total_param_bytes > 0
+
+
+@pytest.mark.parametrize("labels", [False, True])
+@pytest.mark.parametrize("name", DENSE)
+def test_dense_model_captures_exactly_at_a_small_frame(zoo_graph, name: str, labels: bool) -> None:
+    if labels and name.startswith("keypoints"):
+        pytest.skip("--labels is for segmentation")
+    spec, graph, weights = zoo_graph(name, input_shape=(1, 3, 64, 96), labels=labels)
+    with torch.no_grad():
+        expected = spec.module(spec.example_input)
+    got = GraphRunner(graph, weights).run(spec.example_input)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    if labels:  # one class per pixel: identical, or a label flipped
+        assert torch.equal(got, expected)
+    else:  # relative: the executor's packed convolutions sum in another order than eager (~2e-6 here)
+        assert float((got - expected).abs().max()) <= 2e-5 * float(expected.abs().max())
+    ops = {n.op for n in graph.nodes}
+    assert ops & {"aten.upsample_bilinear2d.vec", "aten.upsample_nearest2d.vec"}  # resized back to the frame
+    last = graph.nodes[-1]
+    if labels:  # the label map: argmax over classes, cast to uint8
+        assert last.op == "aten._to_copy.default" and last.out_dtype == "uint8" and last.out_shape == [1, 64, 96]
+        assert last.out_bytes == 64 * 96
 
 
 @pytest.mark.parametrize("name,overrides", REDUCED)

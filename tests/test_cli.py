@@ -112,6 +112,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["plan", "--profile", "PROFILE", "--strategy", "magic"], "unknown strategy 'magic'"),
         (["plan", "--profile", "PROFILE", "--objective", "speed"], "unknown objective 'speed'"),
         (["simulate", "nope.json"], "nope.json"),
+        (["profile", "resnet18", "--labels"], "--labels needs a model whose output is an (N, C, H, W) map"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(args: list[str], pattern: str, profile_path: Path) -> None:
@@ -121,6 +122,15 @@ def test_user_mistakes_are_one_line_and_exit_2(args: list[str], pattern: str, pr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and pattern in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_labels_profile_a_segmentation_model_that_returns_a_uint8_label_map(tmp_path: Path) -> None:
+    path = tmp_path / "lraspp.json"
+    args = ["profile", "lraspp_mobilenet_v3_large", "--input-shape", "1,3,64,96", "--labels", "--input", "uint8-image"]
+    invoke_json([*args, "--out", str(path), "--warmup", "0", "--repeats", "1"])
+    profile = json.loads(path.read_text())
+    assert profile["input_bytes"] == 3 * 64 * 96  # camera pixels in
+    assert profile["nodes"][-1]["out_bytes"] == 64 * 96  # one uint8 label per pixel out
 
 
 def test_model_that_fits_nowhere_names_the_shortfall(profile_path: Path, tmp_path: Path) -> None:

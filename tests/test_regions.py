@@ -1,7 +1,8 @@
 """Exact region execution: bands computed on 2-4 devices concatenate to the unsplit result.
 
 Property-tested with random split ratios, device counts, split axes and sub-ranges of every
-local run, on every zoo CNN and on vit_b_16 (split along tokens).
+local run, on every zoo CNN, on vit_b_16 (split along tokens) and on the dense models
+(segmentation, with and without --labels, and keypoints) at a small input.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from edgeweave.graph.regions import (
 from edgeweave.zoo import list_models
 
 MODELS = [m["name"] for m in list_models() if m["family"] == "cnn"] + ["vit_b_16"]
+DENSE_FAMILIES = ("segmentation", "keypoints")
+DENSE = [m["name"] for m in list_models() if m["family"] in DENSE_FAMILIES]
+SMALL_FRAME = (1, 3, 64, 96)  # every dense model takes it; 1/16 of it is still 4x6
+# (name, --labels): every dense model as it is, and the segmentation ones ending in labels
+DENSE_CASES = [(n, False) for n in DENSE] + [(n, True) for n in DENSE if not n.startswith("keypoints")]
 # Relative to the largest magnitude: convolutions on a band may pick another kernel and sum in a
 # different order than on the whole tensor (seen: ~2e-6); anything wrong is off by O(1).
 RTOL = 2e-5
@@ -36,17 +42,18 @@ RTOL = 2e-5
 def every_value(zoo_graph):
     cache = {}
 
-    def get(name: str):
-        if name not in cache:
-            spec, graph, weights = zoo_graph(name)
+    def get(name: str, **options):
+        key = (name, tuple(sorted(options.items())))
+        if key not in cache:
+            spec, graph, weights = zoo_graph(name, **options)
             runner = GraphRunner(graph, weights)
             env = {INPUT: spec.example_input}
             with torch.no_grad():
                 for i, node in enumerate(graph.nodes):
                     env[node.name] = runner.compiled[i](env)
             cache.clear()  # keep one model's activations at a time
-            cache[name] = (graph, weights, env)
-        return cache[name]
+            cache[key] = (graph, weights, env)
+        return cache[key]
 
     return get
 
@@ -59,16 +66,22 @@ def check_split(graph, weights, env, first: int, last: int, axis: str, ratios: l
         own = own_bands(segment, ratios)[0]
         streamed = wavefront_bands(segment, weights, env, own, chunks=3)  # the first band, as a wavefront
     for v, band in parts[0].items():
-        scale = band.tensor.abs().max().clamp_min(1e-6)
         assert band.start == streamed[v].start and band.tensor.shape == streamed[v].tensor.shape, v
-        assert float((band.tensor - streamed[v].tensor).abs().max() / scale) <= RTOL, v
+        assert close(band.tensor, streamed[v].tensor), v
     for v in segment.outputs:
         pieces = [p[v].tensor for p in parts if v in p]
         joined = torch.cat(pieces, dim=segment.axis(v))
-        scale = env[v].abs().max().clamp_min(1e-6)
-        assert joined.shape == env[v].shape
-        assert float((joined - env[v]).abs().max() / scale) <= RTOL, (v, first, last, axis, ratios)
+        assert joined.shape == env[v].shape and joined.dtype == env[v].dtype
+        assert close(joined, env[v]), (v, first, last, axis, ratios)
     return len(segment.outputs)
+
+
+def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Floats within RTOL of the largest magnitude; integers (labels, indices) identical."""
+    if not want.is_floating_point():
+        return torch.equal(got, want)
+    scale = want.abs().max().clamp_min(1e-6)
+    return float((got - want).abs().max() / scale) <= RTOL
 
 
 def wavefront_bands(segment, weights, env, own, chunks: int) -> dict:
@@ -101,6 +114,43 @@ def test_bands_concatenate_to_the_unsplit_result(every_value, name: str, data) -
     devices = data.draw(st.integers(2, 4))
     ratios = data.draw(st.lists(st.floats(0.02, 1.0), min_size=devices, max_size=devices))
     assert check_split(graph, weights, env, first, last, axis, ratios) >= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "labels"), DENSE_CASES, ids=[f"{n}{'+labels' if lb else ''}" for n, lb in DENSE_CASES]
+)
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_dense_model_bands_concatenate_to_the_unsplit_result(every_value, name: str, labels: bool, data) -> None:
+    """The same property on camera-style models: resizing, dilated and transposed convolutions,
+    FPN's nearest top-down path and the uint8 label map all split exactly."""
+    graph, weights, env = every_value(name, input_shape=SMALL_FRAME, labels=labels)
+    axis = data.draw(st.sampled_from(["rows", "cols"]))
+    runs = local_runs(graph, axis)
+    first, last = data.draw(st.sampled_from(runs))
+    if data.draw(st.booleans()):
+        a = data.draw(st.integers(first, last))
+        if make_segment(graph, a, last, axis) is not None:  # a tail of a run: where a split restarts
+            first = a
+    devices = data.draw(st.integers(2, 4))
+    ratios = data.draw(st.lists(st.floats(0.02, 1.0), min_size=devices, max_size=devices))
+    assert check_split(graph, weights, env, first, last, axis, ratios) >= 1
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_dense_models_split_up_to_their_global_pools(zoo_graph, name: str) -> None:
+    """Only global-pool branches (squeeze-excitation, ASPP image pooling, LR-ASPP attention) are
+    barriers; the label map's argmax and uint8 cast join the last segment."""
+    _, graph, _ = zoo_graph(name, input_shape=SMALL_FRAME, labels=not name.startswith("keypoints"))
+    runs = local_runs(graph, "rows")
+    covered = {i for a, b in runs for i in range(a, b + 1)}
+    assert runs[-1][1] == len(graph) - 1  # the model's output is computed in bands
+    pools = [i for i, n in enumerate(graph.nodes) if "adaptive_avg_pool2d" in n.op]
+    for i, node in enumerate(graph.nodes):
+        if i not in covered:  # a barrier: a global pool, or computed from one on a 1x1 map
+            assert "adaptive_avg_pool2d" in node.op or node.out_shape[2:] == [1, 1], (name, node.name, node.op)
+    if name in ("fcn_resnet50", "keypoints_resnet18_fpn"):
+        assert not pools and runs == [(0, len(graph) - 1)]
 
 
 def test_cnn_backbones_are_one_local_run(zoo_graph) -> None:

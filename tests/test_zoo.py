@@ -23,6 +23,7 @@ from edgeweave.compat import import_torchvision
 from edgeweave.errors import UserError
 from edgeweave.zoo import (
     BERT_VOCAB,
+    CAMERA_SHAPE,
     ZOO,
     build_model,
     list_models,
@@ -122,7 +123,7 @@ def test_list_models_describes_every_entry() -> None:
     assert {"resnet18", "vit_h_14", "timm_vit_small", "bert-base"} <= set(ZOO)
     for row in rows:
         assert set(row) >= {"name", "family", "input_shape", "params", "description"}
-        assert row["family"] in {"cnn", "vit", "transformer"}
+        assert row["family"] in {"cnn", "vit", "transformer", "segmentation", "keypoints"}
         assert row["params"] > 0 and row["description"]
     bert = next(r for r in rows if r["name"] == "bert-base")
     assert bert["input_shape"] == [1, 128] and bert["input_dtype"] == "int64"
@@ -166,6 +167,53 @@ def test_zoo_model_runs_on_its_example_input(
     assert tuple(spec.example_input.shape) == spec.input_shape == ZOO[name].input_shape
     assert spec.example_input.dtype == spec.input_dtype == ZOO[name].input_dtype
     assert tuple(forward(spec.module, spec.example_input).shape) == out_shape
+
+
+# dense models at camera resolution: built small here (480x640 fcn_resnet50 is 325 GFLOPs)
+DENSE = [("lraspp_mobilenet_v3_large", 21), ("deeplabv3_mobilenet_v3_large", 21), ("fcn_resnet50", 21)]
+DENSE_KEYPOINTS = [("keypoints_resnet18_fpn", 17)]
+SMALL_FRAME = (1, 3, 64, 96)
+
+
+def test_dense_models_default_to_a_camera_frame() -> None:
+    rows = {r["name"]: r for r in list_models()}
+    for name, _ in DENSE + DENSE_KEYPOINTS:
+        assert ZOO[name].input_shape == CAMERA_SHAPE == (1, 3, 480, 640)
+        assert rows[name]["family"] == ("keypoints" if name.startswith("keypoints") else "segmentation")
+
+
+@pytest.mark.parametrize(("name", "channels"), DENSE + DENSE_KEYPOINTS, ids=[m[0] for m in DENSE + DENSE_KEYPOINTS])
+def test_dense_model_gives_one_map_at_the_input_size(name: str, channels: int, no_network: None) -> None:
+    spec = load_model(name, input_shape=SMALL_FRAME)
+    assert tuple(forward(spec.module, spec.example_input).shape) == (1, channels, 64, 96)
+
+
+def test_segmentation_keeps_torchvisions_state_dict_keys() -> None:
+    """A torchvision checkpoint of the same model loads unchanged (no wrapper prefix, no aux head)."""
+    tv = import_torchvision()
+    with torch.device("meta"):
+        ours = build_model("deeplabv3_mobilenet_v3_large").state_dict()
+        theirs = tv.models.segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_labels_end_a_segmentation_model_in_a_uint8_label_map() -> None:
+    scores = load_model("lraspp_mobilenet_v3_large", input_shape=SMALL_FRAME)
+    labels = load_model("lraspp_mobilenet_v3_large", input_shape=SMALL_FRAME, labels=True, input_kind="uint8-image")
+    assert labels.input_dtype == torch.uint8
+    got = forward(labels.module, labels.example_input)
+    assert got.dtype == torch.uint8 and tuple(got.shape) == (1, 64, 96)
+    # the same weights (same seed): labels are the argmax of the float model's logits
+    expected = forward(scores.module, (labels.example_input.float() - labels.module.mean) / labels.module.std)
+    assert torch.equal(got, expected.argmax(1).to(torch.uint8))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "bert-base"])
+def test_labels_on_a_model_without_a_score_map_is_a_one_line_error(name: str) -> None:
+    spec = load_model(name, labels=True, **({"num_hidden_layers": 1} if name == "bert-base" else {}))
+    with pytest.raises(UserError, match="--labels needs a model whose output is an") as err:
+        forward(spec.module, spec.example_input)
+    assert "\n" not in str(err.value) and name in str(err.value)
 
 
 def test_reduced_vit_h_keeps_its_dimensions() -> None:

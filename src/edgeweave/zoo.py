@@ -33,6 +33,7 @@ Shape = tuple[int, ...]
 Builder = Callable[[Shape, dict[str, int]], nn.Module]
 
 IMAGE_SHAPE: Shape = (1, 3, 224, 224)
+CAMERA_SHAPE: Shape = (1, 3, 480, 640)  # a VGA camera frame: what robots' dense models see
 TOKEN_SHAPE: Shape = (1, 128)
 BERT_VOCAB = 30522  # BertConfig().vocab_size; hard-coded so making an input never imports transformers
 
@@ -130,6 +131,65 @@ def _timm_vit_small(shape: Shape, overrides: dict[str, int]) -> nn.Module:
     return timm.create_model("vit_small_patch16_224", pretrained=False, img_size=(shape[2], shape[3]), **overrides)
 
 
+class MainOutput(nn.Module):
+    """A torchvision segmentation model with one tensor out: its `out` map (class logits at input size).
+
+    torchvision returns a dict ({"out": ..., "aux": ...}); capture and the runtime need one
+    tensor. The model's submodules are adopted under their own names, so the state-dict keys
+    are torchvision's and its checkpoints load unchanged.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self._forward = model.forward  # runs on the very submodules adopted above
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)["out"]
+
+
+def _torchvision_segmentation(factory: str) -> Builder:
+    """A torchvision segmentation model, random init (no backbone download), without the aux head."""
+
+    def build(shape: Shape, overrides: dict[str, int]) -> nn.Module:
+        _check_image_shape(factory, shape)
+        extra = {} if factory.startswith("lraspp") else {"aux_loss": False}
+        seg = import_torchvision().models.segmentation
+        return MainOutput(getattr(seg, factory)(weights=None, weights_backbone=None, **extra))
+
+    return build
+
+
+class KeypointHeatmaps(nn.Module):
+    """Bottom-up keypoint heatmaps: ResNet-18 + FPN (torchvision's detection backbone) and a small head.
+
+    The head reads the finest FPN level (stride 4): a 3x3 convolution to 128 channels, then
+    Keypoint R-CNN's predictor (a stride-2 transposed convolution to 17 COCO keypoints and a
+    bilinear x2 resize), so the 17 heatmaps come out at input resolution. No boxes, no NMS: one
+    tensor out. BatchNorm instead of torchvision's frozen variant keeps the graph free of
+    per-call weight arithmetic (eval-mode BatchNorm is one operator).
+    """
+
+    def __init__(self, keypoints: int = 17):
+        super().__init__()
+        tv = import_torchvision()
+        detection = tv.models.detection
+        self.backbone = detection.backbone_utils.resnet_fpn_backbone(
+            backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
+        )
+        self.head = nn.Sequential(nn.Conv2d(self.backbone.out_channels, 128, 3, padding=1), nn.ReLU(inplace=True))
+        self.predictor = detection.keypoint_rcnn.KeypointRCNNPredictor(128, keypoints)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.head(self.backbone(x)["0"]))
+
+
+def _keypoints(shape: Shape, overrides: dict[str, int]) -> nn.Module:
+    _check_image_shape("keypoints_resnet18_fpn", shape)
+    return KeypointHeatmaps()
+
+
 class BertLastHiddenState(nn.Module):
     """BERT with one tensor in (token ids) and one tensor out (the last hidden state).
 
@@ -185,6 +245,12 @@ def _vit(name: str, params: float, description: str, dims: tuple[int, int, int, 
     )
 
 
+def _segmentation(name: str, params: float, description: str) -> ZooEntry:
+    return ZooEntry(
+        name, "segmentation", description, CAMERA_SHAPE, torch.float32, int(params), _torchvision_segmentation(name)
+    )
+
+
 _ENTRIES: tuple[ZooEntry, ...] = (
     _cnn("resnet18", 11.7e6, "ResNet-18 (torchvision), 224x224 ImageNet classifier"),
     _cnn("resnet50", 25.6e6, "ResNet-50 (torchvision), 224x224 ImageNet classifier"),
@@ -208,6 +274,31 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         int(22.1e6),
         _timm_vit_small,
         frozenset({"depth"}),
+    ),
+    _segmentation(
+        "lraspp_mobilenet_v3_large",
+        3_221_538,
+        "LR-ASPP MobileNetV3-Large (torchvision): 21-class segmentation logits at the input's size",
+    ),
+    _segmentation(
+        "deeplabv3_mobilenet_v3_large",
+        11_025_477,
+        "DeepLabV3 MobileNetV3-Large (torchvision): dilated backbone, ASPP, 21-class logits at the input's size",
+    ),
+    _segmentation(
+        "fcn_resnet50",
+        32_957_013,
+        "FCN ResNet-50 (torchvision): dilated ResNet-50 (stride 8), 21-class logits at the input's size",
+    ),
+    ZooEntry(
+        "keypoints_resnet18_fpn",
+        "keypoints",
+        "ResNet-18 + FPN (torchvision detection backbone), transposed-conv head: 17 keypoint heatmaps "
+        "at the input's size, no NMS",
+        CAMERA_SHAPE,
+        torch.float32,
+        14_113_489,
+        _keypoints,
     ),
     ZooEntry(
         "bert-base",
@@ -306,18 +397,53 @@ def as_uint8_image(spec: ModelSpec, seed: int = 0) -> ModelSpec:
     return ModelSpec(spec.name, UInt8Image(spec.module).eval(), x, spec.input_shape, torch.uint8)
 
 
+class PixelLabels(nn.Module):
+    """A dense model ended in its per-pixel class: argmax over channels, as uint8 (--labels).
+
+    What a robot consumes from a segmentation model is the label map: at 480x640 it is 300 KB,
+    where 21 float32 logits per pixel are 25 MB. The argmax is per pixel, so region splits
+    carry it to every device and only labels cross the links. Needs an (N, C, H, W) map of at
+    most 256 classes; anything else is refused in one line when the model first runs.
+    """
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.model(x)
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 4 or not scores.is_floating_point():
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise UserError(
+                f"--labels needs a model whose output is an (N, C, H, W) map of scores; {self.name} gives {got}"
+            )
+        if scores.shape[1] > 256:
+            raise UserError(f"--labels gives uint8 labels, at most 256 classes; {self.name} has {scores.shape[1]}")
+        return scores.argmax(dim=1).to(torch.uint8)
+
+
+def as_labels(spec: ModelSpec) -> ModelSpec:
+    """Wrap a dense model so that its output is the uint8 label map (see `PixelLabels`)."""
+    return ModelSpec(
+        spec.name, PixelLabels(spec.module, spec.name).eval(), spec.example_input, spec.input_shape, spec.input_dtype
+    )
+
+
 def load_model(
     spec: str,
     input_shape: Shape | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     seed: int = 0,
     input_kind: str = "float",
+    labels: bool = False,
     **overrides: int,
 ) -> ModelSpec:
     """Resolve a zoo name or `package.module:factory` into a ModelSpec.
 
     Weights come from `torch.manual_seed(seed)` (so every process builds the same model) unless a
-    checkpoint is given. The caller's global RNG state is left as it was.
+    checkpoint is given. The caller's global RNG state is left as it was. `labels` ends the
+    model in a per-pixel argmax (`PixelLabels`); `input_kind` "uint8-image" takes camera pixels.
     """
     shape = None if input_shape is None else _check_shape(input_shape)
     with _seeded(seed):
@@ -332,6 +458,8 @@ def load_model(
         load_checkpoint(module, checkpoint)
     module.eval()
     loaded = ModelSpec(name, module, example_input(shape, dtype, seed, vocab), shape, dtype)
+    if labels:
+        loaded = as_labels(loaded)
     if input_kind not in INPUT_KINDS:
         raise UserError(f"unknown --input {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}")
     return as_uint8_image(loaded, seed) if input_kind == "uint8-image" else loaded

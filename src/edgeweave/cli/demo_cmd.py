@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeweave.cli.common import InputKindOpt, JsonOpt, ModelChoice, console, print_json
+from edgeweave.cli.common import InputKindOpt, JsonOpt, LabelsOpt, ModelChoice, console, print_json
 from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster
 from edgeweave.cli.rate import RateOpt
 from edgeweave.cli.run_cmd import RunRequest, print_comparison, run_strategies
@@ -21,6 +21,7 @@ def demo(
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model to demonstrate.")] = "resnet18",
     cluster: ClusterOpt = None,
     input_kind: InputKindOpt = "float",
+    labels: LabelsOpt = False,
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests per strategy.")] = 12,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the timeline pictures.")] = Path("out/demo"),
     rate: RateOpt = None,
@@ -41,7 +42,7 @@ def demo(
     if not json_out:
         print_cluster(the_cluster, console)
     request = RunRequest(
-        ModelChoice(model, input_kind=input_kind),
+        ModelChoice(model, input_kind=input_kind, labels=labels),
         None,
         cluster,
         "latency",

@@ -16,6 +16,7 @@ from edgeweave.cli.common import (
     InputKindOpt,
     InputShapeOpt,
     JsonOpt,
+    LabelsOpt,
     ModelArg,
     ModelOpt,
     console,
@@ -53,6 +54,7 @@ def profile(
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
     input_kind: InputKindOpt = "float",
+    labels: LabelsOpt = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile JSON.")] = Path("profile.json"),
     warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed passes; each node's median is kept.")] = 5,
@@ -67,7 +69,7 @@ def profile(
     from edgeweave.cost.profiler import profile_graph
     from edgeweave.graph import capture
 
-    choice = model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind)
+    choice = model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind, labels=labels)
     with err_console.status(f"building and capturing {choice.spec} ..."):
         spec = choice.load()
         start = time.perf_counter()

@@ -14,6 +14,7 @@ from edgeweave.cli.common import (
     InputKindOpt,
     InputShapeOpt,
     JsonOpt,
+    LabelsOpt,
     ModelArg,
     ModelOpt,
     console,
@@ -117,6 +118,7 @@ def plan(
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
     input_kind: InputKindOpt = "float",
+    labels: LabelsOpt = False,
     profile: ProfileOpt = None,
     cluster: ClusterOpt = None,
     strategy: StrategyOpt = "pipeline",
@@ -142,7 +144,9 @@ def plan(
 
     check_rate(rate)
     split = hybrid_options(split_ratios, chunks, split_axis)
-    choice = model_choice(model, model_opt, input_shape, checkpoint, required=profile is None, input_kind=input_kind)
+    choice = model_choice(
+        model, model_opt, input_shape, checkpoint, required=profile is None, input_kind=input_kind, labels=labels
+    )
     the_cluster = load_cluster(cluster)
     graph = None
     if choice is not None:

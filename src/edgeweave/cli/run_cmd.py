@@ -16,6 +16,7 @@ from edgeweave.cli.common import (
     InputKindOpt,
     InputShapeOpt,
     JsonOpt,
+    LabelsOpt,
     ModelArg,
     ModelChoice,
     ModelOpt,
@@ -142,6 +143,7 @@ def run(
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
     input_kind: InputKindOpt = "float",
+    labels: LabelsOpt = False,
     profile: ProfileOpt = None,
     cluster: ClusterOpt = None,
     strategy: StrategyOpt = "pipeline",
@@ -167,7 +169,7 @@ def run(
 ) -> None:
     """Execute MODEL on the cluster for real: one worker process per device, measured vs predicted."""
     request = RunRequest(
-        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind),
+        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind, labels=labels),
         profile,
         cluster,
         objective,
@@ -200,6 +202,7 @@ def bench(
     input_shape: InputShapeOpt = None,
     checkpoint: CheckpointOpt = None,
     input_kind: InputKindOpt = "float",
+    labels: LabelsOpt = False,
     profile: ProfileOpt = None,
     cluster: ClusterOpt = None,
     strategies: Annotated[
@@ -228,7 +231,7 @@ def bench(
     """Run several strategies for real, one after another in one process tree, and compare them."""
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     request = RunRequest(
-        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind),
+        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind, labels=labels),
         profile,
         cluster,
         objective,
