@@ -34,8 +34,8 @@ from edgeweave.cli.common import ModelChoice  # noqa: E402
 from edgeweave.cli.inputs import default_cluster_text, prepare  # noqa: E402
 from edgeweave.cost.cluster import Cluster  # noqa: E402
 from edgeweave.cost.energy import power_models  # noqa: E402
+from edgeweave.plan.band import with_message_overhead  # noqa: E402
 from edgeweave.plan.energy import candidates, score_plan  # noqa: E402
-from edgeweave.plan.hybrid import with_message_overhead  # noqa: E402
 from edgeweave.plan.strategies import make_plan  # noqa: E402
 from edgeweave.sim.energy import single_energy  # noqa: E402
 from edgeweave.sim.simulator import simulate  # noqa: E402

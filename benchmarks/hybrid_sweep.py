@@ -33,7 +33,7 @@ from energy_sweep import crossover_mbps  # noqa: E402 - the same crossover as th
 from edgeweave.cli.common import ModelChoice  # noqa: E402
 from edgeweave.cli.inputs import prepare  # noqa: E402
 from edgeweave.cost.cluster import Cluster  # noqa: E402
-from edgeweave.plan.hybrid import with_message_overhead  # noqa: E402
+from edgeweave.plan.band import with_message_overhead  # noqa: E402
 from edgeweave.plan.strategies import make_plan  # noqa: E402
 from edgeweave.sim.simulator import simulate  # noqa: E402
 
@@ -134,7 +134,8 @@ def sweep(
 def replan_times(model: str, bandwidths: list[float], input_kind: str) -> dict:
     """How long a re-plan takes once the model's band geometry is kept (what an adaptive run pays
     when the measured bandwidth moves), against planning from scratch."""
-    from edgeweave.plan.hybrid import SegmentGeometry, plan_hybrid
+    from edgeweave.plan.band import SegmentGeometry
+    from edgeweave.plan.hybrid import plan_hybrid
 
     _, graph, _, profile = prepare(ModelChoice(model, input_kind=input_kind), None, None, False)
     geometry = SegmentGeometry(profile, graph)

@@ -25,7 +25,10 @@ def _check_exact(zoo_graph, name: str, **overrides) -> OpGraph:
         expected = spec.module(spec.example_input)
     got = GraphRunner(graph, weights).run(spec.example_input)
     assert got.shape == expected.shape and got.dtype == expected.dtype
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (got - expected).abs().max()
+    # relative to the output's scale: the executor's packed convolutions (graph/kernels.py) sum in
+    # another order than eager PyTorch; deep nets (resnet50, 152) reach ~1e-6 of the largest logit
+    scale = max(1.0, float(expected.abs().max())) if expected.is_floating_point() else 1.0
+    assert float((got - expected).abs().max()) <= 1e-5 * scale, (got - expected).abs().max()
     return graph
 
 

@@ -222,7 +222,7 @@ def test_hybrid_energy_is_never_worse_than_its_layerwise_candidates(tiny) -> Non
     import torch
 
     from edgeweave.cost.profiler import profile_graph
-    from edgeweave.plan.hybrid import with_message_overhead
+    from edgeweave.plan.band import with_message_overhead
 
     c = Cluster.from_dict(
         {

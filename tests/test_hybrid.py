@@ -10,7 +10,8 @@ from edgeweave.cost.profiler import profile_graph
 from edgeweave.cost.region_overhead import DEFAULT_REGION_COSTS, _fit
 from edgeweave.errors import UserError
 from edgeweave.graph import GraphRunner
-from edgeweave.plan.hybrid import HybridOptions, SegmentGeometry, plan_hybrid, region_costs
+from edgeweave.plan.band import HybridOptions, SegmentGeometry, region_costs
+from edgeweave.plan.hybrid import plan_hybrid
 from edgeweave.plan.strategies import make_plan
 from edgeweave.runtime.dryrun import dry_run
 from edgeweave.sim.simulator import simulate

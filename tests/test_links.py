@@ -165,7 +165,9 @@ def test_wait_until_is_precise():
         assert wait_until(target)
         errors.append(time.monotonic() - target)
     assert all(e >= 0 for e in errors)
-    assert max(errors) < 0.002, errors
+    # the median says how precise it is; one wake-up may lose the core to another process on a
+    # busy 2-core machine (seen: 2.2 ms once in a full suite run)
+    assert sorted(errors)[1] < 0.001 and max(errors) < 0.02, errors
     assert wait_until(time.monotonic() - 1.0)  # already past: returns at once
 
 

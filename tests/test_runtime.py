@@ -249,7 +249,8 @@ def test_netns_links_run_exactly_and_leave_nothing_behind(zoo_graph) -> None:
 def test_hybrid_plans_run_exactly_across_processes(zoo_graph, name: str, chunks: int | None) -> None:
     """A split both devices compute (shares fixed, so a noisy profile cannot turn it into offload),
     streamed in chunks that the receiver computes as a wavefront and the source streams back."""
-    from edgeweave.plan.hybrid import HybridOptions, plan_hybrid
+    from edgeweave.plan.band import HybridOptions
+    from edgeweave.plan.hybrid import plan_hybrid
 
     cluster = Cluster.from_dict(
         {

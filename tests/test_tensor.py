@@ -76,7 +76,7 @@ def test_two_equal_devices_on_a_fast_link_halve_every_split_layer(zoo_graph) -> 
     latency = simulate(plan, requests=1).single_latency_s
     assert latency == pytest.approx(plan.cost_model["latency_s"], rel=1e-9)
     local = simulate(make_plan(profile, cluster, "local", "latency"), requests=1).single_latency_s
-    assert latency == pytest.approx(0.82936, rel=1e-4) and local == pytest.approx(1.49333, rel=1e-4)
+    assert latency == pytest.approx(0.81576, rel=1e-4) and local == pytest.approx(1.49333, rel=1e-4)
 
 
 def test_a_slow_link_keeps_every_layer_on_the_source(zoo_graph) -> None:
@@ -89,7 +89,7 @@ def test_a_slow_link_keeps_every_layer_on_the_source(zoo_graph) -> None:
     assert simulate(plan, requests=1).single_latency_s == pytest.approx(simulate(local, requests=1).single_latency_s)
 
 
-@pytest.mark.parametrize("name,splits", [("resnet18", 17), ("mobilenet_v2", 12)])
+@pytest.mark.parametrize("name,splits", [("resnet18", 17), ("mobilenet_v2", 14)])
 def test_tensor_plans_simulate_and_compute_exactly(zoo_graph, name: str, splits: int) -> None:
     spec, graph, weights = zoo_graph(name, **SMALL)
     profile = flops_profile(graph)

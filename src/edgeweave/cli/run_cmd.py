@@ -338,7 +338,7 @@ def run_strategies(req: RunRequest, names: list[str], quiet: bool) -> list[dict[
 def _replanner(prof, req: RunRequest, graph):
     """`strategy -> (cluster -> Plan)`: the planner a resilient run calls after a failure or a
     bandwidth change, with every planning option the first plan was made with."""
-    from edgeweave.plan.hybrid import SegmentGeometry
+    from edgeweave.plan.band import SegmentGeometry
     from edgeweave.plan.strategies import make_plan
 
     geometry = SegmentGeometry(prof, graph) if graph is not None else None  # kept: re-plans take ~0.1 s

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from edgeweave.errors import UserError
-from edgeweave.plan.hybrid import HybridOptions
+from edgeweave.plan.band import HybridOptions
 
 SplitRatiosOpt = Annotated[
     str | None,

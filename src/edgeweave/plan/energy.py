@@ -38,9 +38,22 @@ from edgeweave.cost.energy import check_energy_args, power_models, timeline_ener
 from edgeweave.cost.profile import Profile
 from edgeweave.errors import UserError
 from edgeweave.graph.opgraph import OpGraph
+from edgeweave.graph.regions import own_bands
+from edgeweave.plan.band import (
+    CHUNK_CHOICES,
+    SegmentGeometry,
+    SplitChoice,
+    build_hybrid_plan,
+    hybrid_splits,
+    joint_latency,
+    split_latency,
+    with_message_overhead,
+)
+from edgeweave.plan.baselines import _two_parts, dads_cut, neurosurgeon_latencies
 from edgeweave.plan.build import Placement, build_plan
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import Plan
+from edgeweave.sim.simulator import simulate
 
 # Shares of the source in a two-device band split, tried on top of the latency-best share.
 SHARE_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -133,8 +146,6 @@ def _energy_key(scope: str):
 
 
 def score_plan(plan: Plan, cluster: Cluster, power, objective: str) -> Scored:
-    from edgeweave.sim.simulator import simulate
-
     alone = simulate(plan, requests=1, cluster=cluster)
     used = {d: power[d] for d in plan.devices}
     report = timeline_energy(alone.events, used, plan.source, 0.0, alone.single_latency_s)
@@ -148,14 +159,12 @@ def score_plan(plan: Plan, cluster: Cluster, power, objective: str) -> Scored:
 
 def candidates(profile: Profile, cluster: Cluster, strategy: str, graph: OpGraph | None) -> Iterator[Plan]:
     """Every candidate plan of `strategy`'s family (see the module docstring); all fit in memory."""
-    from edgeweave.plan.strategies import GRAPH_STRATEGIES, make_plan
+    from edgeweave.plan.strategies import GRAPH_STRATEGIES, make_plan  # the dispatcher, which imports us
 
     pm = PipelineModel.build(profile, cluster)
     if strategy == "hybrid":
         if graph is None:
             raise UserError("--strategy hybrid needs the model itself (not only --profile)")
-        from edgeweave.plan.hybrid import with_message_overhead
-
         yield from _hybrid(profile, graph, cluster, pm)
         # as plan_hybrid compares them: under the same per-message cost as band transfers
         yield from (with_message_overhead(p) for p in _layerwise(profile, cluster, pm, LAYERWISE))
@@ -180,8 +189,6 @@ def _fits(plan: Plan) -> bool:
 
 
 def _layerwise(profile: Profile, cluster: Cluster, pm: PipelineModel, families: tuple[str, ...]) -> Iterator[Plan]:
-    from edgeweave.plan.baselines import _two_parts, dads_cut, neurosurgeon_latencies
-
     L = pm.num_nodes
     remotes = [d for d in range(pm.num_devices) if d != pm.source]
     placements: dict[str, list[Placement]] = {"local": [[(pm.source, list(range(L)))]]}
@@ -209,16 +216,6 @@ def _layerwise(profile: Profile, cluster: Cluster, pm: PipelineModel, families: 
 
 def _hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, pm: PipelineModel) -> Iterator[Plan]:
     """The hybrid planner's splits, and the same segments with the source's share on a grid."""
-    from edgeweave.graph.regions import own_bands
-    from edgeweave.plan.hybrid import (
-        CHUNK_CHOICES,
-        SegmentGeometry,
-        SplitChoice,
-        _split_latency,
-        build_hybrid_plan,
-        hybrid_splits,
-        joint_latency,
-    )
 
     geometry = SegmentGeometry(profile, graph)
     costs = {(c.segment.first, c.segment.last, c.segment.axis_name): c for c in geometry.costs()}
@@ -246,7 +243,7 @@ def _hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, pm: PipelineMode
                     best = (ready, scheds)
             if best is None or math.isinf(best[0]):
                 continue
-            lat = _split_latency(profile, pm, best[0], choice.last, choice.suffix_device)
+            lat = split_latency(profile, pm, best[0], choice.last, choice.suffix_device)
             split = SplitChoice(
                 choice.first,
                 choice.last,

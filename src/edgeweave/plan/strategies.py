@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
 from edgeweave.errors import UserError
 from edgeweave.graph.opgraph import OpGraph
-from edgeweave.plan.build import Placement, build_plan, stages_to_placement
-from edgeweave.plan.costmodel import PipelineModel
-from edgeweave.plan.hybrid import HybridOptions, SegmentGeometry
+from edgeweave.plan.band import HybridOptions, SegmentGeometry
+from edgeweave.plan.hybrid import plan_hybrid, plan_hybrid_grid, plan_stream_offload
 from edgeweave.plan.ir import Plan
-from edgeweave.plan.pipeline import plan_pipeline
+from edgeweave.plan.layerwise import Planner, layerwise_plan, layerwise_planners
+from edgeweave.plan.tensor import plan_tensor
 
 OBJECTIVES = ("throughput", "latency", "energy")  # energy: see plan/energy.py
 
 
-def _pipeline(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
-    solution = plan_pipeline(pm, objective)
-    return stages_to_placement(solution.stages)
-
-
-def strategies() -> dict[str, Callable[[Profile, PipelineModel, str], Placement]]:
-    from edgeweave.plan.baselines import BASELINES
-
-    return {**BASELINES, "pipeline": _pipeline}
+def strategies() -> dict[str, Planner]:
+    """The layer-wise strategies by name (the band strategies are GRAPH_STRATEGIES)."""
+    return layerwise_planners()
 
 
 # need the operator graph (locality analysis), not only the profile
@@ -67,21 +59,15 @@ def make_plan(
             raise UserError("hand-given split choices cannot be combined with energy objectives or constraints")
         return plan_for_energy(profile, cluster, strategy, objective, graph, energy_scope, energy_budget_j, deadline_s)
     if strategy in GRAPH_STRATEGIES:
-        from edgeweave.plan.hybrid import plan_hybrid, plan_hybrid_grid, plan_stream_offload
-
         if graph is None:
             raise UserError(
                 f"--strategy {strategy} needs the model itself (it analyses which operators can be "
                 "split): give MODEL, not only --profile"
             )
-        from edgeweave.plan.tensor import plan_tensor
-
         if strategy == "hybrid":
             return plan_hybrid(profile, graph, cluster, objective, geometry=geometry, options=hybrid)
         planner = {"hybrid-grid": plan_hybrid_grid, "tensor": plan_tensor, "stream-offload": plan_stream_offload}[
             strategy
         ]
         return planner(profile, graph, cluster, objective)
-    pm = PipelineModel.build(profile, cluster)
-    placement = table[strategy](profile, pm, objective)
-    return build_plan(profile, cluster, pm, placement, strategy, objective)
+    return layerwise_plan(profile, cluster, strategy, objective)

@@ -37,10 +37,9 @@ from edgeweave.errors import UserError
 from edgeweave.graph.locality import base
 from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import Segment, make_segment, own_bands
-from edgeweave.plan.costmodel import PipelineModel
-from edgeweave.plan.hybrid import (
+from edgeweave.plan.band import (
     BandSchedule,
-    _SegmentCost,
+    SegmentCost,
     balanced_rows,
     band_compute,
     band_input,
@@ -48,6 +47,7 @@ from edgeweave.plan.hybrid import (
     joint_latency,
     local_search,
 )
+from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import ComputeTask, Plan, TransferTask
 
 HEAVY = {"conv2d", "max_pool2d", "avg_pool2d", "linear", "layer_norm"}
@@ -91,7 +91,7 @@ def _helpers(pm: PipelineModel, profile: Profile, layers: list[tuple[int, int, s
     return [d for d in range(pm.num_devices) if d != pm.source and need <= int(pm.memory[d])]
 
 
-def split_layer(cost: _SegmentCost, pm: PipelineModel, devices: list[int]) -> tuple[float, list[int], list]:
+def split_layer(cost: SegmentCost, pm: PipelineModel, devices: list[int]) -> tuple[float, list[int], list]:
     """Rows per device minimising the layer's time (bands sent, computed, gathered on the source)."""
     seg = cost.segment
     extent = seg.extent(seg.outputs[-1])
@@ -116,7 +116,7 @@ def split_layer(cost: _SegmentCost, pm: PipelineModel, devices: list[int]) -> tu
     return lat, list(best), scheds
 
 
-def _balanced(cost: _SegmentCost, pm: PipelineModel, devices: list[int], extent: int) -> tuple[int, ...]:
+def _balanced(cost: SegmentCost, pm: PipelineModel, devices: list[int], extent: int) -> tuple[int, ...]:
     """Rows such that every device's band reaches the source at about the same time (a seed for the
     search). Links to different helpers are separate resources, so a layer's time is the latest
     device's arrival."""
@@ -147,7 +147,7 @@ def plan_tensor(profile: Profile, graph: OpGraph, cluster: Cluster, objective: s
     layers = []
     for first, last, axis in spans:
         seg = make_segment(graph, first, last, axis)
-        lat, rows, scheds = split_layer(_SegmentCost(seg, profile), pm, devices)
+        lat, rows, scheds = split_layer(SegmentCost(seg, profile), pm, devices)
         layers.append(Layer(seg, axis, rows, lat, scheds))
     return _build(profile, cluster, pm, devices, layers, objective)
 
