@@ -41,6 +41,14 @@ STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "tensor", "hybrid-grid
 LAYERWISE = ("local", "offload", "neurosurgeon", "dads")
 
 
+def dense_models() -> set[str]:
+    """Camera-resolution dense models: swept with --labels (a per-pixel argmax as uint8, what a
+    robot consumes: 300 KB at 480x640 instead of 17-21 maps of float scores)."""
+    from edgeweave.zoo import list_models
+
+    return {m["name"] for m in list_models() if m["family"] in ("segmentation", "keypoints")}
+
+
 def available_strategies() -> set[str]:
     from edgeweave.plan.strategies import GRAPH_STRATEGIES, strategies
 
@@ -97,7 +105,9 @@ def measure_alternating(plans: dict, cluster, graph, weights, singles: int, roun
 def sweep(
     model: str, bandwidths: list[float], real: bool, singles: int, rounds: int, input_kind: str, robot_speed: float
 ) -> list[dict]:
-    _, graph, weights, profile = prepare(ModelChoice(model, input_kind=input_kind), None, None, False)
+    _, graph, weights, profile = prepare(
+        ModelChoice(model, input_kind=input_kind, labels=model in dense_models()), None, None, False
+    )
     strategies = [s for s in STRATEGIES if s in available_strategies()]
     rows = []
     cross = crossover_mbps(profile, at=lambda mbps: cluster_at(mbps, robot_speed))  # local = offload there
@@ -137,7 +147,8 @@ def replan_times(model: str, bandwidths: list[float], input_kind: str) -> dict:
     from edgeweave.plan.band import SegmentGeometry
     from edgeweave.plan.hybrid import plan_hybrid
 
-    _, graph, _, profile = prepare(ModelChoice(model, input_kind=input_kind), None, None, False)
+    choice = ModelChoice(model, input_kind=input_kind, labels=model in dense_models())
+    _, graph, _, profile = prepare(choice, None, None, False)
     geometry = SegmentGeometry(profile, graph)
     cold, warm = [], []
     for mbps in bandwidths:
