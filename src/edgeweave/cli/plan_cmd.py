@@ -34,7 +34,8 @@ StrategyOpt = Annotated[
         "--strategy",
         "-s",
         help="local, offload, neurosurgeon, dads, even, pipedream, pipeline (the exact heterogeneous optimiser), "
-        "tensor (every layer split, gathered after each), hybrid-grid or hybrid.",
+        "tensor (every layer split, gathered after each), hybrid-grid, stream-offload (the frame streamed in "
+        "chunks to the best helper, computed as it arrives) or hybrid.",
     ),
 ]
 ObjectiveOpt = Annotated[

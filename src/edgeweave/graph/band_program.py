@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from edgeweave.graph.execute import resolve_op
-from edgeweave.graph.kernels import packed_conv2d
+from edgeweave.graph.kernels import ShapedConv2d
 from edgeweave.graph.locality import BINARY, Interval, Window, base
 from edgeweave.graph.opgraph import decode_const
 from edgeweave.graph.regions import (
@@ -294,7 +294,7 @@ class BandProgram:
                 continue
             c = readers[v][0]
             reader = seg.graph.nodes[c]
-            if seg.rule(c).window is not None or not _is_split_operand(seg, c, v):
+            if seg.rule(c).window not in (None, IDENTITY) or not _is_split_operand(seg, c, v):
                 continue
             if any(rows.get(v) != rows.get(reader.name) for rows in geo.computed):
                 continue
@@ -398,10 +398,15 @@ class BandProgram:
             args[rule.shape_arg] = shape
         fn = resolve_op(node.op)
         if name == "conv2d" and isinstance(node.args[1], dict) and "w" in node.args[1]:
-            conv = self._conv(node, args)
+            conv = self._conv(node, args, out)
             fn, args, kwargs = (lambda x: conv(x)), args[:1], {}
         index = node.out_index
         fill = _resolver(args)
+        out_fn = _out_variant(node.op) if slot is None and index is None else None
+        if out_fn is not None:  # an element-wise op writes straight into its buffer
+            if fill is None:
+                return lambda: out_fn(*args, **kwargs, out=target)
+            return lambda: out_fn(*fill(), **kwargs, out=target)
         store = (lambda r: target.copy_(r)) if slot is None else slot.set
 
         if fill is None:
@@ -412,15 +417,31 @@ class BandProgram:
             return lambda: store(fn(*fill(), **kwargs))
         return lambda: store(fn(*fill(), **kwargs)[index])
 
-    def _conv(self, node: Any, args: list[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The node's convolution with packed weights, shared by every step and program instance."""
+    def _conv(self, node: Any, args: list[Any], out: Interval) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The node's convolution with packed weights for this step's input shape (packings shared by
+        every step and program instance, graph/kernels.py)."""
         stride, padding, dilation, groups = (args + [None] * 7)[3:7]
         stride, dilation, groups = stride or [1, 1], dilation or [1, 1], groups or 1
         key = (node.name, tuple(padding))
         if key not in self._kernels:
             shape = list(self.segment.loc.shapes[node.args[0]["ref"]])
-            self._kernels[key] = packed_conv2d(args[1], args[2], stride, padding, dilation, groups, shape)
-        return self._kernels[key]
+            shape[self.segment.rule(self.index[node.name]).in_axis] += sum(self._border_rows(node))
+            self._kernels[key] = ShapedConv2d(args[1], args[2], stride, padding, dilation, groups, shape)
+        like = args[0]
+        if isinstance(like, _Slot):  # a 1x1 convolution fed directly: its input has this step's rows
+            rule = self.segment.rule(self.index[node.name])
+            shape = list(self.segment.loc.shapes[node.args[0]["ref"]])
+            shape[rule.in_axis] = out[1] - out[0]
+            like = torch.empty(shape, dtype=torch.float32)
+        return self._kernels[key].for_shape(like)
+
+    def _border_rows(self, node: Any) -> tuple[int, int]:
+        """Rows of border padding moved from the convolution into its input buffer (top, bottom)."""
+        buf = self.buffers.get(node.args[0]["ref"])
+        if buf is None:
+            return 0, 0
+        extent = self.segment.loc.shapes[node.args[0]["ref"]][buf.axis]
+        return max(0, -buf.start), max(0, buf.start + buf.tensor.shape[buf.axis] - extent)
 
     def _touches_border(self, i: int, out: Interval) -> bool:
         seg = self.segment
@@ -481,6 +502,33 @@ class BandProgram:
         """The whole own band of a segment output as it stands (a view: copy before keeping it)."""
         a, b = self.geometry.own[value]
         return Band(self.buffers[value].rows(a, b), a)
+
+
+IDENTITY = Window(1, 0, 1)  # a 1x1 convolution's window: output row i reads input row i
+
+# element-wise ops with a native `out=` kernel (overload -> its out overload)
+_OUT = {
+    "relu": {"default": "out"},
+    "hardtanh": {"default": "out"},
+    "hardswish": {"default": "out"},
+    "hardsigmoid": {"default": "out"},
+    "sigmoid": {"default": "out"},
+    "silu": {"default": "out"},
+    "gelu": {"default": "out"},
+    "leaky_relu": {"default": "out"},
+    "clamp_min": {"default": "out"},
+    "add": {"Tensor": "out", "Scalar": "Scalar_out"},
+    "sub": {"Tensor": "out", "Scalar": "Scalar_out"},
+    "mul": {"Tensor": "out", "Scalar": "Scalar_out"},
+    "div": {"Tensor": "out", "Scalar": "Scalar_out"},
+}
+
+
+def _out_variant(op: str) -> Callable[..., torch.Tensor] | None:
+    """The `out=` overload of an element-wise ATen op, or None."""
+    name, overload = base(op)
+    out = _OUT.get(name, {}).get(overload)
+    return None if out is None or not op.startswith("aten.") else resolve_op(f"aten.{name}.{out}")
 
 
 class _Slot:
