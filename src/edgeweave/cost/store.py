@@ -20,9 +20,9 @@ DEFAULT_CACHE = Path.home() / ".cache" / "edgeweave"
 
 
 # Bumped when the profiler starts measuring something new (2: region_costs; 3: their floors; 4: packed
-# convolutions and band programs), so older cached
+# convolutions and band programs; 5: band programs with per-shape packings), so older cached
 # profiles are measured again instead of silently lacking it.
-PROFILE_FORMAT = 4
+PROFILE_FORMAT = 5
 
 
 def profile_key(spec: str, input_shape: tuple[int, ...] | None, threads: int) -> str:
