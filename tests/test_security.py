@@ -335,3 +335,62 @@ def test_a_deploy_message_cannot_name_anything_but_an_operator(tiny) -> None:
     bad["receives"] = {}
     with pytest.raises(ValueError, match="does not describe the values"):
         Deployment(bad, b"")
+
+
+# -- operators: a deployment may name only pure tensor computation (issue 13, finding 3) ------
+def _crafted_deploy(tiny, nodes: dict) -> dict:
+    """b's real deploy message with its three graph nodes replaced by `nodes` (same names, so the
+    compute task, its keep sets and the output transfer still line up)."""
+    from edgeweave.runtime.deploy import split_plan
+
+    part = split_plan(tiny.plan, tiny.graph)["b"]
+    extra = {"peers": {"a": "tcp://127.0.0.1:1"}, "links": {"a": {"bandwidth_bps": 1e9}}, "max_inflight": 2}
+    msg = json.loads(json.dumps(part.message(tiny.graph, tiny.plan, extra)))
+    msg["nodes"] = nodes
+    return msg
+
+
+def _node(name: str, op: str, args: list, inputs: list) -> dict:
+    return {"name": name, "op": op, "args": args, "kwargs": {}, "inputs": inputs, "weights": [], "out_index": None}
+
+
+def test_a_deployment_cannot_read_or_write_files_on_the_workers_host(tiny, tmp_path: Path) -> None:
+    """The attack of the issue: from_file with a shared mapping, then fill_, overwrites a file;
+    computed as soon as data arrives. The deploy is refused naming the operator; nothing is touched."""
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"A" * 64)
+    nodes = {
+        "4": _node("adaptive_avg_pool2d", "aten.from_file.default", [str(victim), True, 16], ["relu_1"]),
+        "5": _node("view", "aten.fill_.Scalar", [{"ref": "adaptive_avg_pool2d"}, 1.0], ["adaptive_avg_pool2d"]),
+        "6": _node("linear", "aten.clone.default", [{"ref": "view"}], ["view"]),
+    }
+    live = LiveWorker("b")
+    ctx = zmq.Context()
+    try:
+        coordinator = ctx.socket(zmq.DEALER)
+        coordinator.connect(live.worker.endpoint)
+        assert ask(coordinator, {"type": "hello"}, 5000)["device"] == "b"
+        reply = ask(coordinator, _crafted_deploy(tiny, nodes), 5000)
+        assert reply["type"] == "deployed"
+        assert "operator aten.from_file.default is not allowed on a worker" in reply["error"]
+        assert live.worker.deployment is None
+        # the data that would have triggered the compute: dropped, the file is as it was
+        x = torch.zeros(1, 8, 32, 32)
+        data = {"type": "data", "request": 0, "task": "x1", "values": ["relu_1"], "src": "a"}
+        coordinator.send_multipart(pack({**data, "t_start": time.time(), "bytes": x.numel() * 4}, [x]))
+        time.sleep(0.5)
+        assert victim.read_bytes() == b"A" * 64
+        for op, args in (
+            ("aten.fill_.Scalar", [{"ref": "relu_1"}, 1.0]),  # writing into a received value
+            ("aten._local_scalar_dense.default", [{"ref": "relu_1"}]),
+            ("aten.set_.source_Storage", [{"ref": "relu_1"}, None]),
+            ("evil.system.default", [{"ref": "relu_1"}]),
+        ):
+            bad = {**nodes, "4": _node("adaptive_avg_pool2d", op, args, ["relu_1"])}
+            reply = ask(coordinator, _crafted_deploy(tiny, bad), 5000)
+            assert f"operator {op} is not allowed on a worker" in reply["error"], reply
+            assert live.worker.deployment is None
+        coordinator.close(0)
+    finally:
+        ctx.destroy(0)
+        live.close()

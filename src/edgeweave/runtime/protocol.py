@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edgeweave.graph.opgraph import dtype_from_name
+from edgeweave.graph.opset import check_node
 from edgeweave.plan.ir import Task
 from edgeweave.runtime.admission import Admission, Refused
 from edgeweave.runtime.wire import NHWC, PROTOCOL, WireError, from_wire_order
@@ -316,4 +317,7 @@ def parse_deploy(header: dict[str, Any]) -> DeployMsg:
     for node in [*msg.nodes.values(), *(msg.graph.nodes if msg.graph else [])]:
         if any(part.startswith("__") for part in node.op.split(".")):
             raise ValueError(f"malformed deploy message: operator {node.op!r}")
+        # only pure tensor operators, refused here, before anything of the deployment is built
+        # (graph/opset.py says why: `aten.from_file` alone reads and writes the host's files)
+        check_node(node.op, node.args, node.kwargs)
     return msg
