@@ -50,6 +50,14 @@ def cluster_at(mbps: float) -> Cluster:
     return Cluster.from_dict(data, origin=f"<robot-server {mbps:.3g} Mbps>")
 
 
+def dense_models() -> set[str]:
+    """Camera-resolution dense models: swept with --labels (a per-pixel argmax as uint8, what a
+    robot consumes: 300 KB at 480x640 instead of 17-21 maps of float scores)."""
+    from edgeweave.zoo import list_models
+
+    return {m["name"] for m in list_models() if m["family"] in ("segmentation", "keypoints")}
+
+
 def crossover_mbps(profile, at=cluster_at) -> float | None:
     """The rate at which offload's simulated latency equals local's (latency = a + k / B);
     `at(mbps)` builds the cluster at a rate."""
@@ -81,7 +89,8 @@ def price(plan, cluster, graph, weights, real: bool, requests: int) -> tuple[flo
 
 
 def sweep(model: str, bandwidths: list[float], real: bool, requests: int, input_kind: str) -> tuple[list, dict]:
-    _, graph, weights, profile = prepare(ModelChoice(model, input_kind=input_kind), None, None, False)
+    choice = ModelChoice(model, input_kind=input_kind, labels=model in dense_models())
+    _, graph, weights, profile = prepare(choice, None, None, False)
     cross = crossover_mbps(profile)
     points = sorted({*bandwidths, *([round(cross, 2)] if cross else [])})
     rows, cloud = [], {}

@@ -28,7 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from energy_sweep import crossover_mbps  # noqa: E402 - the same crossover as the energy sweep
+from energy_sweep import crossover_mbps, dense_models  # noqa: E402 - the same crossover and models
 
 from edgeweave.cli.common import ModelChoice  # noqa: E402
 from edgeweave.cli.inputs import prepare  # noqa: E402
@@ -39,14 +39,6 @@ from edgeweave.sim.simulator import simulate  # noqa: E402
 
 STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "tensor", "hybrid-grid", "stream-offload", "hybrid"]
 LAYERWISE = ("local", "offload", "neurosurgeon", "dads")
-
-
-def dense_models() -> set[str]:
-    """Camera-resolution dense models: swept with --labels (a per-pixel argmax as uint8, what a
-    robot consumes: 300 KB at 480x640 instead of 17-21 maps of float scores)."""
-    from edgeweave.zoo import list_models
-
-    return {m["name"] for m in list_models() if m["family"] in ("segmentation", "keypoints")}
 
 
 def available_strategies() -> set[str]:

@@ -14,7 +14,7 @@ from edgeweave.cli.rate import RateOpt
 from edgeweave.cli.run_cmd import RunRequest, print_comparison, run_strategies
 from edgeweave.cost.cluster import print_cluster
 
-DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline", "hybrid"]
+DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline", "stream-offload", "hybrid"]
 
 
 def demo(
