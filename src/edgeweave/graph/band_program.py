@@ -34,19 +34,21 @@ import torch
 
 from edgeweave.graph.execute import resolve_op
 from edgeweave.graph.kernels import ShapedConv2d
-from edgeweave.graph.locality import BINARY, Interval, Window, base
-from edgeweave.graph.opgraph import decode_const
+from edgeweave.graph.locality import Interval, Window, base
 from edgeweave.graph.regions import (
     Band,
     Segment,
     _axis_of,
     _is_split_operand,
     _run_node,
+    band_args,
+    band_weight,
     input_axis,
     input_bands,
     input_need,
     needs,
     split_bands,
+    with_band_shape,
 )
 
 WINDOWED = ("conv2d", "max_pool2d", "avg_pool2d")
@@ -371,33 +373,12 @@ class BandProgram:
             return buf.rows(*input_need(seg, i, ref, out))
 
         def weight(key: str) -> torch.Tensor:
-            w = self._weight(key, conv=name == "conv2d")
-            if name in BINARY:
-                aligned = rule.out_axis - (len(node.out_shape) - w.dim())
-                if aligned >= 0 and w.shape[aligned] == node.out_shape[rule.out_axis] and w.shape[aligned] > 1:
-                    return w.narrow(aligned, out[0], out[1] - out[0])
-            return w
+            return band_weight(rule, node, self._weight(key, conv=name == "conv2d"), out)
 
-        def build(value: Any) -> Any:
-            if isinstance(value, list):
-                return [build(v) for v in value]
-            if isinstance(value, dict):
-                if "ref" in value:
-                    return operand(value["ref"])
-                if "w" in value:
-                    return weight(value["w"])
-            return decode_const(value)
-
-        args = [build(a) for a in node.args]
-        kwargs = {k: build(v) for k, v in node.kwargs.items()}
+        args, kwargs = band_args(node, operand, weight)
         if windowed:
             args = _zero_axis_padding(args, name, rule.in_axis - 2)
-        if rule.shape_arg is not None:
-            shape = list(args[rule.shape_arg])
-            off = len(shape) - len(node.out_shape)
-            if shape[rule.out_axis + off] != -1:
-                shape[rule.out_axis + off] = out[1] - out[0]
-            args[rule.shape_arg] = shape
+        args = with_band_shape(rule, node, args, out)
         fn = resolve_op(node.op)
         if name == "conv2d" and isinstance(node.args[1], dict) and "w" in node.args[1]:
             conv = self._conv(node, args, out)

@@ -11,7 +11,7 @@ unsplit result.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,13 +285,24 @@ def _run_node(segment: Segment, i: int, out: Interval, bands: dict[str, Band], w
             return _slice(held.tensor, axis, lo - held.start, hi - held.start)
         return _slice(held, axis, lo, hi)
 
-    def weight(key: str) -> torch.Tensor:
-        w = weights[key]
-        if name in BINARY and rule.out_axis - (len(node.out_shape) - w.dim()) >= 0:
-            aligned = rule.out_axis - (len(node.out_shape) - w.dim())
-            if w.shape[aligned] == node.out_shape[rule.out_axis] and w.shape[aligned] > 1:
-                return _slice(w, aligned, *out)
-        return w
+    args, kwargs = band_args(node, operand, lambda key: band_weight(rule, node, weights[key], out))
+    if name in RESIZE or name == "conv_transpose2d":  # windows that are not affine: own band kernels
+        start = input_need(segment, i, first_ref, out)[0]
+        if name == "conv_transpose2d":
+            return _conv_transpose_band(args, kwargs, rule, out, start)
+        return _resize_band(node, args, rule, out, start, segment.loc.shapes[first_ref])
+    if rule.window is not None:
+        args = _pad_window(args, rule, out, segment.loc.shapes[first_ref][rule.in_axis], name)
+    args = with_band_shape(rule, node, args, out)
+    result = resolve_op(node.op)(*args, **kwargs)
+    return result if node.out_index is None else result[node.out_index]
+
+
+def band_args(
+    node: Any, operand: Callable[[str], Any], weight: Callable[[str], torch.Tensor]
+) -> tuple[list[Any], dict[str, Any]]:
+    """A node's arguments for a band: values through `operand`, weights through `weight`,
+    constants decoded (shared by the interpreted path here and compiled band programs)."""
 
     def build(value: Any) -> Any:
         if isinstance(value, list):
@@ -303,23 +314,29 @@ def _run_node(segment: Segment, i: int, out: Interval, bands: dict[str, Band], w
                 return weight(value["w"])
         return decode_const(value)
 
-    args = [build(a) for a in node.args]
-    kwargs = {k: build(v) for k, v in node.kwargs.items()}
-    if name in RESIZE or name == "conv_transpose2d":  # windows that are not affine: own band kernels
-        start = input_need(segment, i, first_ref, out)[0]
-        if name == "conv_transpose2d":
-            return _conv_transpose_band(args, kwargs, rule, out, start)
-        return _resize_band(node, args, rule, out, start, segment.loc.shapes[first_ref])
-    if rule.window is not None:
-        args = _pad_window(args, rule, out, segment.loc.shapes[first_ref][rule.in_axis], name)
-    if rule.shape_arg is not None:
-        shape = list(args[rule.shape_arg])
-        off = len(shape) - len(node.out_shape)
-        if shape[rule.out_axis + off] != -1:
-            shape[rule.out_axis + off] = out[1] - out[0]
-        args[rule.shape_arg] = shape
-    result = resolve_op(node.op)(*args, **kwargs)
-    return result if node.out_index is None else result[node.out_index]
+    return [build(a) for a in node.args], {k: build(v) for k, v in node.kwargs.items()}
+
+
+def band_weight(rule: NodeRule, node: Any, w: torch.Tensor, out: Interval) -> torch.Tensor:
+    """A weight an element-wise op broadcasts along the split axis is cut to the band's rows."""
+    if base(node.op)[0] in BINARY:
+        aligned = rule.out_axis - (len(node.out_shape) - w.dim())
+        if aligned >= 0 and w.shape[aligned] == node.out_shape[rule.out_axis] and w.shape[aligned] > 1:
+            return _slice(w, aligned, *out)
+    return w
+
+
+def with_band_shape(rule: NodeRule, node: Any, args: list[Any], out: Interval) -> list[Any]:
+    """A shape argument (view, reshape, expand) names the band's length on the split axis."""
+    if rule.shape_arg is None:
+        return args
+    args = list(args)
+    shape = list(args[rule.shape_arg])
+    off = len(shape) - len(node.out_shape)
+    if shape[rule.out_axis + off] != -1:
+        shape[rule.out_axis + off] = out[1] - out[0]
+    args[rule.shape_arg] = shape
+    return args
 
 
 def _pad_window(args: list[Any], rule: NodeRule, out: Interval, extent: int, name: str) -> list[Any]:
