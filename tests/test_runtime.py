@@ -98,7 +98,7 @@ def test_unreachable_worker_fails_fast_naming_device_and_address(zoo_graph) -> N
     plan, graph, weights = quick_plan(zoo_graph, "resnet18", cluster)
     start = time.monotonic()
     with pytest.raises(DeviceFailure, match=f"device b: no worker answered at tcp://127.0.0.1:{port} within 1 s"):
-        Session(cluster, plan, graph, weights, SessionOptions(connect_timeout_s=1.0))
+        Session(cluster, plan, graph, weights, SessionOptions(connect_timeout_s=1.0, insecure=True))
     assert time.monotonic() - start < 10
 
 
@@ -161,7 +161,7 @@ def test_remote_worker_started_by_hand_is_used_at_its_address(zoo_graph, tmp_pat
             cluster,
             graph,
             weights,
-            RunConfig(requests=2, warmup=0, single=1, options=SessionOptions(connect_timeout_s=20)),
+            RunConfig(requests=2, warmup=0, single=1, options=SessionOptions(connect_timeout_s=20, insecure=True)),
         )
         assert result["correct"]
     finally:

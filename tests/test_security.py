@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -240,7 +242,7 @@ def test_a_worker_refuses_a_coordinator_with_an_unknown_key(tiny, keys: Path, tm
         assert time.monotonic() - start < 3 + 2
         # A plaintext coordinator gets nowhere either: no answer within the connect timeout.
         with pytest.raises(DeviceFailure, match=r"device b: no worker answered at .* within 1 s"):
-            Session(cluster, tiny.plan, tiny.graph, tiny.weights, SessionOptions(connect_timeout_s=1))
+            Session(cluster, tiny.plan, tiny.graph, tiny.weights, SessionOptions(connect_timeout_s=1, insecure=True))
         assert live.worker.deployment is None
     finally:
         live.close()
@@ -390,6 +392,122 @@ def test_a_deployment_cannot_read_or_write_files_on_the_workers_host(tiny, tmp_p
             reply = ask(coordinator, _crafted_deploy(tiny, bad), 5000)
             assert f"operator {op} is not allowed on a worker" in reply["error"], reply
             assert live.worker.deployment is None
+        coordinator.close(0)
+    finally:
+        ctx.destroy(0)
+        live.close()
+
+
+# -- forged results and hangs (issue 13, findings 1 and 2) -----------------------------------
+def _forge(sock: zmq.Socket, task: str, request: int, name: str, value: torch.Tensor, src: str) -> None:
+    """A data message as a peer would send it, with whatever `src` the forger likes."""
+    header = {"type": "data", "request": request, "task": task, "values": [name], "src": src}
+    frames = pack({**header, "t_start": time.time(), "bytes": value.numel() * value.element_size()}, [value])
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    except zmq.Again:  # nothing would take it (no handshake completed): the forger cannot even send
+        pass
+
+
+def test_by_default_a_local_process_cannot_forge_results(tiny) -> None:
+    """The issue's attack: another process on the host sends the source 'b's result' with the
+    right src for every request as soon as it starts. Default options: every connection is
+    authenticated with this session's ephemeral keys, so the forgeries never arrive."""
+    frames = make_inputs(tiny.graph, 8, seed=3)
+    reference = GraphRunner(tiny.graph, tiny.weights)
+    ctx = zmq.Context()
+    try:
+        with Session(tiny.cluster(), tiny.plan, tiny.graph, tiny.weights) as session:
+            assert session.keys is not None and session.ephemeral  # no files: keys made for this session
+            plain = ctx.socket(zmq.DEALER)
+            plain.connect(session.source.endpoint)
+            stranger = ctx.socket(zmq.DEALER)  # a CURVE client with a key of its own and the real server key
+            stranger.curve_publickey, stranger.curve_secretkey = zmq.curve_keypair()
+            stranger.curve_serverkey = session.ephemeral["a"].public
+            stranger.connect(session.source.endpoint)
+            real_submit = session.source.submit
+
+            def submit_then_forge(request: int, x: torch.Tensor) -> None:
+                real_submit(request, x)
+                for sock in (plain, stranger):
+                    _forge(sock, "xout", request, "linear", torch.full((1, 10), 666.0), "b")
+
+            session.source.submit = submit_then_forge
+            outs = session.infer_many(frames)
+            assert session.source.dropped == 0  # nothing of theirs even reached the decoder
+            for sock in (plain, stranger):
+                sock.close(0)
+        for x, y in zip(frames, outs, strict=True):
+            assert torch.equal(y, reference.run(x))
+    finally:
+        ctx.destroy(0)
+
+
+def test_future_request_ids_fail_the_run_at_its_deadline_instead_of_hanging(tiny) -> None:
+    """The issue's hang: data with future request ids makes b compute them early and refuse the
+    real ones. In the explicit insecure mode the forger gets through, but the run now fails at
+    the request's deadline with the drop counters, instead of waiting for ever."""
+    import threading
+
+    ctx = zmq.Context()
+    outcome: dict = {}
+    try:
+        with Session(tiny.cluster(), tiny.plan, tiny.graph, tiny.weights, SessionOptions(insecure=True)) as session:
+            forger = ctx.socket(zmq.DEALER)
+            forger.connect(session.remotes["b"].endpoint)
+            for request in range(10):
+                _forge(forger, "x1", request, "relu_1", torch.zeros(1, 8, 32, 32), "a")
+            time.sleep(0.5)
+            frames = make_inputs(tiny.graph, 4, seed=4)
+
+            def run() -> None:
+                try:
+                    outcome["outs"] = session.infer_many(frames)
+                except Exception as exc:  # what the caller sees
+                    outcome["error"] = exc
+
+            start = time.monotonic()
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            thread.join(session.request_deadline_s + 10)
+            assert not thread.is_alive(), "the run hung past its request deadline"
+            assert isinstance(outcome.get("error"), DeviceFailure), outcome
+            assert re.search(
+                r"request 0 did not finish within its deadline of [0-9.]+ s; messages dropped", str(outcome["error"])
+            )
+            assert time.monotonic() - start < session.request_deadline_s + 5
+            forger.close(0)
+    finally:
+        ctx.destroy(0)
+
+
+def test_running_out_of_file_descriptors_fails_the_deployment_and_says_why(tiny) -> None:
+    """Issue 13, finding 5: with descriptors exhausted a redeploy reported success and the sender
+    thread died outside its error handling. Now the sender's socket is opened while deploying."""
+    from edgeweave.runtime.deploy import split_plan, weights_blob
+
+    class NoDescriptors:
+        def __init__(self, ctx: zmq.Context):
+            self.ctx = ctx
+
+        def socket(self, kind: int) -> zmq.Socket:
+            raise zmq.ZMQError(errno.EMFILE)
+
+    live = LiveWorker("b")
+    ctx = zmq.Context()
+    try:
+        live.worker.ctx = NoDescriptors(live.ctx)
+        coordinator = ctx.socket(zmq.DEALER)
+        coordinator.connect(live.worker.endpoint)
+        assert ask(coordinator, {"type": "hello"}, 5000)["device"] == "b"
+        part = split_plan(tiny.plan, tiny.graph)["b"]
+        extra = {"peers": {"a": "tcp://127.0.0.1:1"}, "links": {"a": {"bandwidth_bps": 1e9}}, "max_inflight": 2}
+        blob = weights_blob(tiny.weights, part.weight_keys)
+        coordinator.send_multipart([*pack({**part.message(tiny.graph, tiny.plan, extra), "has_weights": True}), blob])
+        assert coordinator.poll(5000)
+        reply = unpack(coordinator.recv_multipart())[0]
+        assert reply["type"] == "deployed" and "Too many open files" in reply["error"]
+        assert "Too many open files" in ask(coordinator, {"type": "ping"}, 5000)["error"]
         coordinator.close(0)
     finally:
         ctx.destroy(0)

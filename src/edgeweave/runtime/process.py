@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeweave.errors import UserError
+from edgeweave.runtime.security import Keyring
 
 
 def _die_with_parent() -> None:
@@ -92,20 +93,37 @@ def launch_worker(
     prefix: list[str] | None = None,
     keys: Path | None = None,
     max_frame_bytes: int | None = None,
+    keyring: Keyring | None = None,
 ) -> PendingWorker:
-    """Start `python -m edgeweave.runtime DEVICE LISTEN [--keys DIR] [--max-frame-bytes N]`;
-    several can start at once."""
+    """Start `python -m edgeweave.runtime DEVICE LISTEN [--keys DIR | --keys-stdin] [--max-frame-bytes N]`;
+    several can start at once. A `keyring` (a session's ephemeral keys) goes to the child on its
+    stdin, one line, never on the command line or in the environment (both readable by others)."""
+    if keys is not None and keyring is not None:
+        raise ValueError("give a keys folder or an ephemeral keyring, not both")
     log = tempfile.NamedTemporaryFile(prefix=f"edgeweave-{device}-", suffix=".log", delete=False)
     cmd = [*(prefix or []), sys.executable, "-m", "edgeweave.runtime", device, listen]
     if keys is not None:
         cmd += ["--keys", str(keys)]
+    if keyring is not None:
+        cmd += ["--keys-stdin"]
     if max_frame_bytes is not None:
         cmd += ["--max-frame-bytes", str(max_frame_bytes)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.PIPE if keyring is not None else subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+        env=env,
     )
     log.close()
+    if keyring is not None:
+        try:
+            proc.stdin.write(keyring.to_json().encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # the child died at start: wait_ready reports its log
+            pass
     return PendingWorker(device, listen, proc, log.name)
 
 
@@ -129,6 +147,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("device")
     parser.add_argument("listen", help="tcp://HOST:PORT")
     parser.add_argument("--keys", type=Path, default=None)
+    parser.add_argument("--keys-stdin", action="store_true", help="read a session's ephemeral keys from stdin")
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -138,7 +157,17 @@ def worker_main(argv: list[str]) -> None:
         sys.stdout.flush()
 
     try:
-        serve(args.listen, args.device, announce=announce, keys=args.keys, max_frame_bytes=args.max_frame_bytes)
+        keyring = Keyring.from_json(sys.stdin.readline()) if args.keys_stdin else None
+        if keyring is not None and keyring.name != args.device:
+            raise UserError(f"the keys on stdin are {keyring.name!r}'s, not {args.device!r}'s")
+        serve(
+            args.listen,
+            args.device,
+            announce=announce,
+            keys=args.keys,
+            max_frame_bytes=args.max_frame_bytes,
+            keyring=keyring,
+        )
     except UserError as exc:  # e.g. a key file with loose permissions
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(2) from None

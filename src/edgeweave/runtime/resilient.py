@@ -459,7 +459,9 @@ class ResilientSession:
         prefix = self.netns.exec_prefix(dev) if self.netns else None
         host = self.netns.address(dev) if self.netns else s.options.listen_host
         limit = s.frame_limit(DevicePart(dev, []))
-        return launch_worker(dev, f"tcp://{host}:*", prefix, keys=s.options.keys, max_frame_bytes=limit)
+        return launch_worker(
+            dev, f"tcp://{host}:*", prefix, keys=s.options.keys, max_frame_bytes=limit, keyring=s.ephemeral.get(dev)
+        )
 
     def _poll_relaunch(self, dev: str) -> bool:
         """Non-blocking: has the relaunched worker announced its endpoint? Then greet it."""

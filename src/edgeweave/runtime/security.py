@@ -11,13 +11,18 @@ encrypted and both ends are authenticated:
   DEALER          curve client with its own key pair and the server's public key, looked up in the
                   folder by the peer's device name, so a client also knows it reached the real peer.
 
-Without keys the runtime speaks plaintext, and only on loopback (or inside this host's emulated
-network namespaces): nothing unauthenticated is ever exposed to a real network by default.
+Without a keys folder a session still authenticates every connection: it makes ephemeral key
+pairs for itself and for every device (`ephemeral_keyrings`, in memory, never in a file) and hands
+each local worker its own pair through the worker's stdin. A forger on the same host then cannot
+even complete a handshake, let alone pass off data as a member's. Plaintext remains only as the
+explicit `--insecure` opt-out, and only on loopback (or inside this host's emulated network
+namespaces): nothing unauthenticated is ever exposed to a real network.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import stat
 import threading
@@ -42,7 +47,7 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 class Keyring:
     """One member's view of the cluster's keys: its own pair and every member's public key."""
 
-    folder: Path
+    folder: Path | None  # None: ephemeral keys made by a session, never written anywhere
     name: str
     public: bytes  # z85, 40 characters
     secret: bytes
@@ -53,6 +58,8 @@ class Keyring:
         for key, member in self.members.items():
             if member == name:
                 return key
+        if self.folder is None:
+            raise UserError(f"no key for {name!r} among this session's ephemeral keys")
         path = self.folder / f"{name}{PUBLIC_SUFFIX}"
         raise UserError(
             f"{path}: no public key for {name!r}: create it with `edgeweave keys --out {self.folder} --devices {name}`"
@@ -64,6 +71,42 @@ class Keyring:
             return None
         key = user_id.encode() if isinstance(user_id, str) else user_id
         return self.members.get(key)
+
+    def to_json(self) -> str:
+        """This member's pair and the members' public keys, for a local worker's stdin (one line)."""
+        members = {k.decode(): v for k, v in self.members.items()}
+        return json.dumps(
+            {"name": self.name, "public": self.public.decode(), "secret": self.secret.decode(), "members": members}
+        )
+
+    @classmethod
+    def from_json(cls, line: str) -> Keyring:
+        """The inverse of `to_json`; a UserError when the line is not a well-formed keyring."""
+        try:
+            d = json.loads(line)
+            ring = cls(
+                None,
+                d["name"],
+                d["public"].encode(),
+                d["secret"].encode(),
+                {k.encode(): v for k, v in d["members"].items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"malformed keys on stdin: {type(exc).__name__}") from None
+        keys = [ring.public, ring.secret, *ring.members]
+        if not all(_is_z85_key(k) for k in keys) or zmq.curve_public(ring.secret) != ring.public:
+            raise UserError("malformed keys on stdin: not a CURVE key pair")
+        if ring.members.get(ring.public) != ring.name:
+            raise UserError("malformed keys on stdin: the member's own public key is not listed")
+        return ring
+
+
+def ephemeral_keyrings(names: list[str]) -> dict[str, Keyring]:
+    """A fresh CURVE key pair per member (`coordinator` included), in memory only: one session's
+    trust. Each member's Keyring holds its own pair and every member's public key."""
+    pairs = {name: zmq.curve_keypair() for name in dict.fromkeys([COORDINATOR, *names])}
+    members = {public: name for name, (public, _) in pairs.items()}
+    return {name: Keyring(None, name, public, secret, dict(members)) for name, (public, secret) in pairs.items()}
 
 
 # -- key files -------------------------------------------------------------------------------

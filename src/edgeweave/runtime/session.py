@@ -9,10 +9,16 @@ default), connects to the others, ships each its part of the plan and only its w
 admits requests through a bounded window so that nothing in the system grows without bound.
 Failures surface as one-line errors naming the device; nothing hangs and no process is orphaned.
 
-With `SessionOptions.keys` (a folder from `edgeweave keys`) every connection is CURVE: the
-coordinator's control sockets use the `coordinator` key pair, the source device's worker its own,
-and the local workers it starts get `--keys` too. Without keys everything stays plaintext, which
-is refused as soon as a device is reached at an address other than loopback.
+Every connection is CURVE-authenticated and encrypted. With `SessionOptions.keys` (a folder from
+`edgeweave keys`) the coordinator's control sockets use the `coordinator` key pair, the source
+device's worker its own, and the local workers it starts get `--keys` too. Without a folder the
+session makes ephemeral key pairs for itself and every device (in memory, handed to its local
+workers on their stdin), so a process on the same host can neither forge results nor deploy;
+a device started by hand then needs the keys folder. `SessionOptions.insecure` is the explicit
+plaintext opt-out, refused as soon as a device is reached at an address other than loopback.
+
+Every request has a deadline (`request_deadline_s`): one that does not finish in time fails
+with an error that says which request and what the workers dropped, never a silent hang.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from edgeweave.runtime.security import (
     Keyring,
     auth_failures,
     curve_client,
+    ephemeral_keyrings,
     is_loopback,
     load_keyring,
     start_authenticator,
@@ -85,6 +92,10 @@ class SessionOptions:
     listen_host: str = "127.0.0.1"
     keys: Path | None = None  # a folder from `edgeweave keys`: every connection is then CURVE
     connect_all: bool = False  # start/connect every device of the cluster, not only the plan's (re-planning)
+    insecure: bool = False  # plaintext, loopback only: the explicit opt-out of ephemeral CURVE keys
+    # seconds a request may take from submission before the run fails; None: derived from the
+    # plan (request_deadline_s), so that a lost or refused message can never hang a caller
+    request_timeout_s: float | None = None
 
 
 class Session:
@@ -105,10 +116,13 @@ class Session:
         self.results: dict[int, tuple[torch.Tensor, float]] = {}
         self.cond = threading.Condition()
         self.next_request = 0
+        self._oldest = 0  # no request below this id is still waiting for its result
         self.source: Worker | None = None
         self.submitted: dict[int, float] = {}
         self.pending: list = []
         self.keys: Keyring | None = None  # the coordinator's key pair and the members' public keys
+        self.ephemeral: dict[str, Keyring] = {}  # without a keys folder: this session's pairs, by member
+        self.drops: dict[str, dict[str, int]] = {}  # each device's drop counters, from its last pong
         self.weights = weights
         self.held: dict[str, list[str]] = {}  # weight keys each device holds (from its last deployment)
         self.epoch = time.monotonic()  # link traces run from here, across redeployments
@@ -145,7 +159,10 @@ class Session:
                 prefix = self.netns.exec_prefix(dev) if self.netns else None
                 host = self.netns.address(dev) if self.netns else opts.listen_host
                 limit = self.frame_limit(part)
-                pending[dev] = launch_worker(dev, f"tcp://{host}:*", prefix, keys=opts.keys, max_frame_bytes=limit)
+                ring = self.ephemeral.get(dev)
+                pending[dev] = launch_worker(
+                    dev, f"tcp://{host}:*", prefix, keys=opts.keys, max_frame_bytes=limit, keyring=ring
+                )
         self.pending = list(pending.values())  # stopped by close() if start-up fails half way
         for dev in parts:
             if dev == plan.source:
@@ -237,8 +254,26 @@ class Session:
         return max(whole.frame_limit(self.graph, self.weights), 2 * largest + (1 << 20))
 
     def _load_keys(self, parts: dict[str, Any]) -> Keyring | None:
-        """The coordinator's and the source's keys; without keys, refuse any non-loopback device."""
+        """The coordinator's and the source's keys: from the keys folder, or made for this session
+        (ephemeral); plaintext only when `insecure` says so, and then only on loopback."""
         opts = self.options
+        if opts.keys is not None and opts.insecure:
+            raise UserError("keys and insecure contradict each other: give one")
+        if opts.keys is None and not opts.insecure:
+            for dev in parts:
+                address = self.cluster.devices[dev].address
+                if dev != self.plan.source and address is not None:
+                    raise UserError(
+                        f"device {dev} is reached at {address}, a worker started by hand: without a keys folder "
+                        "this session cannot authenticate it; create the cluster's keys with `edgeweave keys "
+                        "--out DIR --cluster C.yaml`, start each worker with --keys DIR and run with --keys DIR "
+                        "(or opt out with insecure plaintext, loopback only)"
+                    )
+            self.ephemeral = ephemeral_keyrings(sorted({*self.cluster.devices, *parts}))
+            self.keys = self.ephemeral[COORDINATOR]
+            source_keys = self.ephemeral[self.plan.source]
+            start_authenticator(self.ctx, source_keys)
+            return source_keys
         if opts.keys is None:
             for dev in parts:
                 address = self.cluster.devices[dev].address
@@ -271,7 +306,8 @@ class Session:
             for remote in self.remotes.values():
                 hint = "is `edgeweave worker` running there?"
                 if self.keys is not None:
-                    hint = f"is `edgeweave worker --keys` running there, with the public keys of {self.keys.folder}?"
+                    folder = self.keys.folder or "the keys folder"
+                    hint = f"is `edgeweave worker --keys` running there, with the public keys of {folder}?"
                 reply = self._expect(
                     remote,
                     "hello",
@@ -357,6 +393,57 @@ class Session:
 
         return self.options.max_inflight or default_max_inflight(self.plan)
 
+    @property
+    def request_deadline_s(self) -> float:
+        """How long a request may take from submission: `request_timeout_s`, or 10x what the plan
+        predicts for it behind a full window (its latency plus max_inflight bottlenecks ahead of
+        it) + 2 s, so that a slow, loaded machine is not mistaken for a lost request."""
+        if self.options.request_timeout_s is not None:
+            return self.options.request_timeout_s
+        predicted = self.plan.predicted or {}
+        latency, rate = predicted.get("latency_s"), predicted.get("throughput_per_s")
+        if not isinstance(latency, (int, float)) or not isinstance(rate, (int, float)) or rate <= 0:
+            latency, rate = self._simulated()  # a plan made in code carries no prediction
+        if not math.isfinite(latency) or not math.isfinite(rate) or rate <= 0:
+            return 60.0
+        return 10.0 * (float(latency) + self.max_inflight / float(rate)) + 2.0
+
+    def _simulated(self) -> tuple[float, float]:
+        """(latency_s, throughput_per_s) of the current plan by the simulator, once per plan."""
+        cached = getattr(self, "_simulated_for", None)
+        if cached is not None and cached[0] is self.plan:
+            return cached[1]
+        from edgeweave.sim.simulator import simulate
+
+        try:
+            result = simulate(self.plan, requests=2 * self.max_inflight, max_inflight=self.max_inflight)
+            found = (float(result.single_latency_s), float(result.throughput_per_s))
+        except Exception:  # a prediction is a convenience here: fall back to a fixed minute
+            found = (math.inf, 0.0)
+        self._simulated_for = (self.plan, found)
+        return found
+
+    def _check_deadline(self) -> None:
+        """Fail the oldest request still waiting once it is past its deadline (a message that was
+        lost, refused or never sent would otherwise leave the caller waiting for ever)."""
+        with self.cond:
+            while self._oldest < self.next_request and (
+                self._oldest in self.results or self._oldest not in self.submitted
+            ):
+                self._oldest += 1
+            rid = self._oldest
+            if rid >= self.next_request:
+                return
+            waited = time.time() - self.submitted[rid]
+        deadline = self.request_deadline_s
+        if waited > deadline:
+            drops = {self.plan.source: dict(self.source.drops), **self.drops}
+            dropped = {d: c for d, c in drops.items() if c}
+            raise DeviceFailure(
+                f"request {rid} did not finish within its deadline of {deadline:.1f} s"
+                + (f"; messages dropped: {dropped}" if dropped else "; no device reported a dropped message")
+            )
+
     def _on_result(self, request: int, value: torch.Tensor) -> None:
         with self.cond:
             self.results[request] = (value.clone(), time.time())
@@ -419,6 +506,7 @@ class Session:
             now = time.monotonic()
             if now - last_ping >= self.options.heartbeat_s:
                 self._heartbeat(now)
+                self._check_deadline()
                 last_ping = now
 
     def _inflight(self) -> int:
@@ -437,6 +525,7 @@ class Session:
             now = time.monotonic()
             if now - last_ping >= self.options.heartbeat_s:
                 self._heartbeat(now)
+                self._check_deadline()
                 last_ping = now
 
     def _heartbeat(self, now: float) -> None:
@@ -450,6 +539,8 @@ class Session:
                 header = self._receive(remote)
                 remote.last_pong = now
                 remote.unanswered_since = None
+                if header.get("type") == "pong" and isinstance(header.get("drops"), dict):
+                    self.drops[remote.device] = header["drops"]
                 if self.on_telemetry is not None and header.get("type") == "pong":
                     self.on_telemetry(remote.device, header)
                 if header.get("error"):

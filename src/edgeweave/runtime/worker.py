@@ -389,14 +389,31 @@ class Worker:
         self.events = []
         self.error = None
         self.inbox = queue.Queue()
-        for dst in {t["dst"] for t in self.deployment.tasks if t["kind"] == "transfer" and t["src"] == self.name}:
-            self._start_sender(dst)
+        try:
+            for dst in {t["dst"] for t in self.deployment.tasks if t["kind"] == "transfer" and t["src"] == self.name}:
+                self._start_sender(dst)
+        except Exception as exc:  # e.g. out of file descriptors: this deployment cannot send, say so
+            self.error = f"deployment failed: {type(exc).__name__}: {exc}"
+            raise
         self.compute_thread = threading.Thread(target=self._compute_loop, name=f"{self.name}-compute", daemon=True)
         self.compute_thread.start()
 
     def _start_sender(self, dst: str) -> None:
+        """Open the socket to `dst` here, in the caller's thread, so that running out of file
+        descriptors fails the deployment (its reply says why) instead of killing a sender thread
+        outside any error handling; the thread owns the socket from then on."""
+        sock = self.ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, HWM)
+            if self.keyring is not None:
+                curve_client(sock, self.keyring, dst)
+            sock.connect(self.deployment.peers[dst])
+        except BaseException:
+            sock.close(0)
+            raise
         q: queue.Queue = queue.Queue()
-        th = threading.Thread(target=self._send_loop, args=(dst, q), name=f"{self.name}->{dst}", daemon=True)
+        th = threading.Thread(target=self._send_loop, args=(dst, q, sock), name=f"{self.name}->{dst}", daemon=True)
         self.senders[dst] = (th, q)
         th.start()
 
@@ -532,16 +549,10 @@ class Worker:
             }
         )
 
-    def _send_loop(self, dst: str, q: queue.Queue) -> None:
+    def _send_loop(self, dst: str, q: queue.Queue, sock: zmq.Socket) -> None:
         dep = self.deployment
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        if self.keyring is not None:
-            curve_client(sock, self.keyring, dst)
-        sock.connect(dep.peers[dst])
-        shaper = LinkShaper(dep.links[dst], dep.epoch, shape_bandwidth=dep.shape_bandwidth)
         try:
+            shaper = LinkShaper(dep.links[dst], dep.epoch, shape_bandwidth=dep.shape_bandwidth)
             while True:
                 item = q.get()
                 if item is None:
@@ -585,16 +596,19 @@ def serve(
     announce: Callable[[str], None] = print,
     keys: Path | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME,
+    keyring: Keyring | None = None,
 ) -> None:
     """Run a worker process until told to shut down; announces its bound endpoint first.
 
     With `keys`, the worker loads its own secret key (`keys/NAME.key_secret`) and admits only
-    the members whose public keys are in that folder.
+    the members whose public keys are in that folder; a `keyring` (a session's ephemeral keys,
+    given to a local worker on stdin) does the same without files.
     """
     from edgeweave.runtime.security import load_keyring, stop_authenticator
 
     torch.set_num_threads(1)
-    keyring = load_keyring(keys, name) if keys is not None else None
+    if keys is not None:
+        keyring = load_keyring(keys, name)
     ctx = zmq.Context.instance()
     try:
         worker = Worker(name, listen, ctx, keyring=keyring, max_frame_bytes=max_frame_bytes)
