@@ -111,8 +111,8 @@ def _finish_flow(receiver: subprocess.Popen, sender: subprocess.Popen) -> float:
     return json.loads(out.strip().splitlines()[-1])["bps"]
 
 
-def _can_connect(cluster: NetnsCluster, device: str, host: str, port: int) -> bool:
-    code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=0.5).close()"
+def _can_connect(cluster: NetnsCluster, device: str, host: str, port: int, timeout_s: float = 0.5) -> bool:
+    code = f"import socket; socket.create_connection(({host!r}, {port}), timeout={timeout_s}).close()"
     done = subprocess.run([*cluster.exec_prefix(device), sys.executable, "-c", code], capture_output=True)
     return done.returncode == 0
 
@@ -191,7 +191,7 @@ def test_a_device_reaches_the_source_and_link_down_cuts_it_off():
             c.link_down("server")
             assert not _can_connect(c, "server", c.address("robot"), port)
             c.link_up("server")
-            assert _can_connect(c, "server", c.address("robot"), port)
+            assert _can_connect(c, "server", c.address("robot"), port, timeout_s=3.0)  # a TCP retry may be needed
         finally:
             listener.close()
         with pytest.raises(ValueError, match="source"):

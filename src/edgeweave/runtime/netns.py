@@ -28,8 +28,10 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeweave.errors import UserError
 
@@ -337,9 +339,18 @@ class NetnsCluster:
         """Cut the device off (its bridge port goes down), for fault tests."""
         self._set_port(device, "down")
 
-    def link_up(self, device: str) -> None:
-        """Reconnect a device cut off by `link_down`."""
+    def link_up(self, device: str, timeout_s: float = 5.0) -> None:
+        """Reconnect a device cut off by `link_down`, and wait until its bridge port forwards again
+        (the port comes back through the kernel's link and bridge states, not at once: a connection
+        attempted right after `ip link set up` was seen to fail)."""
         self._set_port(device, "up")
+        node = self._node(device)
+        sys_dir = Path("/sys/class/net") / str(node.host_end)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _read(sys_dir / "operstate") == "up" and _read(sys_dir / "brport" / "state") in ("3", None):
+                return  # 3: BR_STATE_FORWARDING (no brport folder: not a bridge port, nothing to wait for)
+            time.sleep(0.02)
 
     def _set_port(self, device: str, state: str) -> None:
         node = self._node(device)
@@ -350,3 +361,11 @@ class NetnsCluster:
     def __repr__(self) -> str:
         where = f"{SUBNET_PREFIX}.{self._subnet}.0/24" if self._subnet is not None else "not started"
         return f"NetnsCluster({self.devices}, source={self.source!r}, {where})"
+
+
+def _read(path: Path) -> str | None:
+    """A sysfs file's content, stripped, or None when it does not exist."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
