@@ -25,7 +25,6 @@ Nodes the program does not specialise (windows other than convolution and poolin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,15 +48,10 @@ from edgeweave.graph.regions import (
     needs,
     split_bands,
     with_band_shape,
+    zero_axis_padding,
 )
 
 WINDOWED = ("conv2d", "max_pool2d", "avg_pool2d")
-PAD_INDEX = {"conv2d": 4, "max_pool2d": 3, "avg_pool2d": 3}
-_DEFAULTS = {
-    "conv2d": [None, None, None, [1, 1], [0, 0], [1, 1], 1],
-    "max_pool2d": [None, None, [], [0, 0], [1, 1], False],
-    "avg_pool2d": [None, None, [], [0, 0], False, True, None],
-}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -377,7 +371,7 @@ class BandProgram:
 
         args, kwargs = band_args(node, operand, weight)
         if windowed:
-            args = _zero_axis_padding(args, name, rule.in_axis - 2)
+            args = zero_axis_padding(args, name, rule.in_axis - 2)
         args = with_band_shape(rule, node, args, out)
         fn = resolve_op(node.op)
         if name == "conv2d" and isinstance(node.args[1], dict) and "w" in node.args[1]:
@@ -546,22 +540,6 @@ def _resolver(args: list[Any]) -> Callable[[], list[Any]] | None:
     return lambda: [value(a) for a in args]
 
 
-def _zero_axis_padding(args: list[Any], name: str, d: int) -> list[Any]:
-    """The window op's padding along the split axis set to 0 (the buffer holds those rows)."""
-    pad_index = PAD_INDEX[name]
-    args = list(args)
-    while len(args) <= pad_index:
-        args.append(_DEFAULTS[name][len(args)])
-    padding = list(args[pad_index]) if isinstance(args[pad_index], (list, tuple)) else [args[pad_index]] * 2
-    if len(padding) == 1:
-        padding = padding * 2
-    padding[d] = 0
-    args[pad_index] = padding
-    if name in ("max_pool2d", "avg_pool2d") and not args[2]:
-        args[2] = list(args[1])  # stride defaults to the kernel: keep it explicit once padding is passed
-    return args
-
-
 class ProgramPool:
     """Compiled programs of one deployment, by (segment, own band, chunks). A request takes an
     instance at its first step and gives it back after its last, so requests in flight never
@@ -602,10 +580,3 @@ class ProgramPool:
         return BandProgram(
             segment, self.weights, self.geometry(segment, own, chunks), self.channels_last, self._kernels
         )
-
-
-def band_flops_share(geometry: StepGeometry, segment: Segment) -> float:
-    """Rows computed over the whole band, as a share of the unsplit segment's rows (a sanity figure)."""
-    total = sum(segment.extent(v) for v in geometry.needed)
-    done = sum(b - a for rows in geometry.computed for a, b in rows.values())
-    return done / total if total else math.nan

@@ -11,7 +11,7 @@ unsplit result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,21 +217,6 @@ def chunk_bands(own: Mapping[str, Interval], chunks: int) -> list[dict[str, Inte
     return [sub for sub in subs if any(b > a for a, b in sub.values())]
 
 
-def wavefront_rows(needed: Iterable[Mapping[str, Interval]]) -> Iterator[dict[str, Interval]]:
-    """For the rows each chunk of a band needs (`needs` of each chunk, in order), the rows every
-    node newly computes for it under `run_bands(..., wavefront)`: what the planner prices."""
-    done: dict[str, Interval] = {}
-    for need in needed:
-        new = {}
-        for v, (lo, hi) in need.items():
-            start = wavefront_start(done.get(v), lo)
-            if hi > start:
-                new[v] = (start, hi)
-            prev = done.get(v)
-            done[v] = (lo, hi) if prev is None else (min(lo, prev[0]), max(hi, prev[1]))
-        yield new
-
-
 def wavefront_start(done: Interval | None, lo: int) -> int:
     """First row a node must still compute for a chunk that needs rows from `lo`, given the rows
     `done` it computed for earlier chunks of the same band (kept: a wavefront never recomputes)."""
@@ -349,8 +334,14 @@ def _pad_window(args: list[Any], rule: NodeRule, out: Interval, extent: int, nam
         spec = [0, 0, 0, 0]  # F.pad order: last dim first -> (W_left, W_right, H_top, H_bottom)
         spec[2 * (1 - d)], spec[2 * (1 - d) + 1] = before, after
         x = F.pad(x, spec, value=rule.pad_value)
-    args = [x, *args[1:]]
+    return zero_axis_padding([x, *args[1:]], name, d)
+
+
+def zero_axis_padding(args: list[Any], name: str, d: int) -> list[Any]:
+    """A window op's arguments with its padding along spatial axis `d` set to 0: the caller
+    provides those rows itself (padded only at the true borders)."""
     pad_index = 4 if name == "conv2d" else 3
+    args = list(args)
     while len(args) <= pad_index:  # fill defaults up to the padding argument
         args.append(_DEFAULTS[name][len(args)])
     padding = list(args[pad_index]) if isinstance(args[pad_index], (list, tuple)) else [args[pad_index]] * 2

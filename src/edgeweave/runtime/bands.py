@@ -13,7 +13,7 @@ import torch
 
 from edgeweave.graph.band_program import ProgramPool
 from edgeweave.graph.opgraph import INPUT, OpGraph
-from edgeweave.graph.regions import Band, Segment, input_axis, input_bands, make_segment, run_bands
+from edgeweave.graph.regions import Band, Segment, input_axis, make_segment
 
 
 class BandContext:
@@ -35,6 +35,8 @@ class BandContext:
         self.programs = ProgramPool(weights or {})
         for region in regions:
             seg = self.segment(region)
+            if region.get("own") is not None and region.get("step") is None:
+                raise ValueError("a band compute task names no step (a plan from an older version?): plan again")
             if weights is not None and region.get("step") == 0:
                 self.programs.prepare(seg, _own(region), int(region["chunks"]))  # compiled at deploy time
 
@@ -87,36 +89,14 @@ def compute(
     env: Mapping[str, torch.Tensor],
     bands: dict[str, list[Band]],
     ctx: BandContext,
-    weights: Mapping[str, torch.Tensor],
     task: Mapping[str, Any],
-    wavefronts: dict[tuple, dict[str, Band]] | None = None,
+    programs: dict[tuple, Any],
 ) -> None:
-    """Run a band task: its own bands of the segment outputs join `bands`.
-
-    `wavefronts` (per request) keeps, per segment, the rows every node computed for the earlier
-    chunks of this device's band, so a chunk computes only new rows (see `run_bands`)."""
+    """Run step `region.step` of a band task: the rows of the segment outputs it finishes join
+    `bands`. `programs` (per request) holds the compiled program of each band the request is in
+    the middle of (see `_run_step`)."""
     region = task["region"]
-    seg = ctx.segment(region)
-    if region.get("step") is not None:
-        if not ctx.programs.weights:  # a context built without weights (dry runs) takes them here
-            ctx.programs.weights = weights
-        _run_step(env, bands, ctx, seg, region, wavefronts if wavefronts is not None else {})
-        return
-    own = {v: (int(a), int(b)) for v, (a, b) in region["own"].items()}
-    inputs: dict[str, Any] = {}
-    needed = input_bands(seg, own)
-    for v in seg.inputs:
-        if v in env:
-            inputs[v] = env[v]
-        elif v in bands and v in needed:
-            band = covering(bands[v], input_axis(seg, v), ctx.shape(v), *needed[v])
-            if band is None:
-                raise ValueError(f"task {task['id']}: rows {needed[v]} of {v} have not arrived")
-            inputs[v] = band
-    with torch.no_grad():
-        wavefront = None if wavefronts is None else wavefronts.setdefault(_segment_key(region), {})
-        for v, band in run_bands(seg, weights, inputs, own, wavefront).items():
-            bands.setdefault(v, []).append(band)
+    _run_step(env, bands, ctx, ctx.segment(region), region, programs)
 
 
 def _own(region: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
@@ -157,11 +137,6 @@ def _run_step(
     if j == geometry.steps - 1:
         pool.give(seg, own, chunks, program)
         del state[key]
-
-
-def _segment_key(region: Mapping[str, Any]) -> tuple:
-    first, last = region["segment"]
-    return int(first), int(last), str(region["axis"])
 
 
 def merged(pieces: list[Band], axis: int) -> Band:

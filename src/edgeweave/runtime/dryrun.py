@@ -24,14 +24,14 @@ def dry_run(plan: Plan, graph: OpGraph, weights: Mapping[str, torch.Tensor], x: 
     ctx = band_ops.BandContext(graph, [t.region.model_dump() for t in plan.tasks if t.region is not None], weights)
     env: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     held: dict[str, dict[str, list]] = defaultdict(dict)
-    wavefronts: dict[str, dict] = defaultdict(dict)
+    programs: dict[str, dict] = defaultdict(dict)
     env[plan.source][INPUT] = x
     for task in plan.tasks:
         t = task.model_dump()
         if task.kind == "compute":
             dev = task.device
             if task.region is not None:
-                band_ops.compute(env[dev], held[dev], ctx, weights, t, wavefronts[dev])
+                band_ops.compute(env[dev], held[dev], ctx, t, programs[dev])
             else:
                 band_ops.assemble(env[dev], held[dev], ctx)
                 runner.run_nodes(task.nodes, env[dev], keep=set(env[dev]) | {graph.nodes[-1].name})

@@ -77,7 +77,7 @@ class _Request:
     env: dict[str, torch.Tensor] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     bands: dict[str, list] = field(default_factory=dict)  # hybrid plans: bands held, by value
-    wavefronts: dict[tuple, dict] = field(default_factory=dict)  # rows each split segment has computed
+    programs: dict[tuple, Any] = field(default_factory=dict)  # band programs this request is in the middle of
 
 
 class Deployment:
@@ -526,7 +526,7 @@ class Worker:
             return
         start = time.monotonic()
         if region is not None:
-            band_ops.compute(state.env, state.bands, dep.bands, dep.weights, task, state.wavefronts)
+            band_ops.compute(state.env, state.bands, dep.bands, task, state.programs)
         else:
             dep.runner.run_nodes([dep.local[i] for i in task["nodes"]], state.env, keep=dep.keep[task["id"]])
         elapsed = time.monotonic() - start
