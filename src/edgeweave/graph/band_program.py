@@ -475,10 +475,6 @@ class BandProgram:
             call()
         return {v: Band(self.buffers[v].rows(a, b).clone(), a) for v, (a, b) in self.geometry.finished[j].items()}
 
-    def output(self, value: str) -> Band:
-        """The whole own band of a segment output as it stands (a view: copy before keeping it)."""
-        a, b = self.geometry.own[value]
-        return Band(self.buffers[value].rows(a, b), a)
 
 
 IDENTITY = Window(1, 0, 1)  # a 1x1 convolution's window: output row i reads input row i
