@@ -165,7 +165,7 @@ def test_zoo_model_runs_on_its_example_input(
     assert spec.name == name
     assert not spec.module.training
     assert tuple(spec.example_input.shape) == spec.input_shape == ZOO[name].input_shape
-    assert spec.example_input.dtype == spec.input_dtype == ZOO[name].input_dtype
+    assert spec.example_input.dtype == spec.input_dtype == getattr(torch, ZOO[name].input_dtype)
     assert tuple(forward(spec.module, spec.example_input).shape) == out_shape
 
 

@@ -12,7 +12,9 @@ the import to succeed. Detection models that call `torchvision.ops.nms` will sti
 time, because there is no kernel behind the schema.
 
 Every place in edgeweave that needs torchvision, or a library that imports it (timm imports it at
-import time), must call `import_torchvision()` first.
+import time), must call `import_torchvision()` first. Before importing a user's own model code,
+which may import any of them at its top, call `prepare_third_party()`: it applies the fix when
+torchvision is installed and does nothing when it is not.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ def import_torchvision() -> ModuleType:
         _forget_partial_import()
         import torchvision
     return torchvision
+
+
+def prepare_third_party() -> None:
+    """Make torchvision (and timm and transformers, which import it) importable by user code.
+
+    A user's model module imports them itself, where we cannot intervene; importing torchvision
+    here first leaves a working copy in `sys.modules` for it. Without torchvision installed,
+    there is nothing to fix.
+    """
+    try:
+        import_torchvision()
+    except ModuleNotFoundError:
+        pass
 
 
 def _register_missing_schemas() -> None:

@@ -1,4 +1,4 @@
-"""The model zoo: named models (and users' own) turned into a module plus an example input.
+"""The torch side of the zoo: named models (and users' own) turned into a module plus an example input.
 
 Everything downstream (graph capture, profiling, planning, the runtime) needs the same two
 things: an `nn.Module` in eval mode and an example input of the right shape and dtype. This
@@ -14,7 +14,6 @@ A user can load real weights from a checkpoint file instead.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import os
 import sys
@@ -26,48 +25,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeweave.compat import import_torchvision
+from edgeweave.compat import import_torchvision, prepare_third_party
 from edgeweave.errors import UserError
-
-Shape = tuple[int, ...]
-Builder = Callable[[Shape, dict[str, int]], nn.Module]
-
-IMAGE_SHAPE: Shape = (1, 3, 224, 224)
-CAMERA_SHAPE: Shape = (1, 3, 480, 640)  # a VGA camera frame: what robots' dense models see
-TOKEN_SHAPE: Shape = (1, 128)
-BERT_VOCAB = 30522  # BertConfig().vocab_size; hard-coded so making an input never imports transformers
+from edgeweave.zoo import (
+    INPUT_KINDS,
+    Shape,
+    ZooEntry,
+    check_input_dtype,
+    check_model_spec,
+    get_entry,
+    is_user_spec,
+)
 
 
 @dataclass
 class ModelSpec:
-    """A model ready to capture, profile or run: the module (eval mode) and an example input."""
+    """A model ready to capture, profile or run: the module (eval mode) and an example input.
+
+    `input_range` is where generated inputs come from ([low, high); None: standard normal floats,
+    or the model's vocabulary for token ids): the runtime draws its requests from it too.
+    """
 
     name: str
     module: nn.Module
     example_input: torch.Tensor
     input_shape: Shape
     input_dtype: torch.dtype
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """One named model: how to build it and what it expects.
-
-    `params` is the parameter count at full size, hard-coded so `edgeweave models` need not build
-    632M-parameter models to list them (a test checks it against the real count).
-    `overrides` names the keyword arguments `build_model` accepts to shrink the model.
-    `vocab` bounds the example token ids of models that take them.
-    """
-
-    name: str
-    family: str
-    description: str
-    input_shape: Shape
-    input_dtype: torch.dtype
-    params: int
-    build: Builder
-    overrides: frozenset[str] = frozenset()
-    vocab: int | None = None
+    input_range: tuple[float, float] | None = None
 
 
 # --------------------------------------------------------------------------- builders
@@ -79,14 +63,10 @@ def _check_image_shape(name: str, shape: Shape) -> None:
         raise UserError(f"{name} takes an input of shape (batch, 3, height, width), got {_fmt(shape)}")
 
 
-def _torchvision_cnn(factory: str) -> Builder:
+def _torchvision_cnn(factory: str, shape: Shape, overrides: dict[str, int]) -> nn.Module:
     """A torchvision classification CNN; these accept any image size (adaptive pooling)."""
-
-    def build(shape: Shape, overrides: dict[str, int]) -> nn.Module:
-        _check_image_shape(factory, shape)
-        return getattr(import_torchvision().models, factory)(weights=None)
-
-    return build
+    _check_image_shape(factory, shape)
+    return getattr(import_torchvision().models, factory)(weights=None)
 
 
 def _square_size(name: str, shape: Shape, patch: int) -> int:
@@ -98,26 +78,24 @@ def _square_size(name: str, shape: Shape, patch: int) -> int:
     return height
 
 
-def _torchvision_vit(name: str, patch: int, layers: int, heads: int, hidden: int, mlp: int) -> Builder:
+def _torchvision_vit(
+    name: str, patch: int, layers: int, heads: int, hidden: int, mlp: int, shape: Shape, overrides: dict[str, int]
+) -> nn.Module:
     """A torchvision VisionTransformer with the named size's dimensions; `num_layers` may shrink it.
 
     Built directly (not through `torchvision.models.vit_*`) because those fix `num_layers`; with the
     same arguments the result is identical to the named builder.
     """
-
-    def build(shape: Shape, overrides: dict[str, int]) -> nn.Module:
-        size = _square_size(name, shape, patch)
-        vt = import_torchvision().models.vision_transformer
-        return vt.VisionTransformer(
-            image_size=size,
-            patch_size=patch,
-            num_layers=overrides.get("num_layers", layers),
-            num_heads=heads,
-            hidden_dim=hidden,
-            mlp_dim=mlp,
-        )
-
-    return build
+    size = _square_size(name, shape, patch)
+    vt = import_torchvision().models.vision_transformer
+    return vt.VisionTransformer(
+        image_size=size,
+        patch_size=patch,
+        num_layers=overrides.get("num_layers", layers),
+        num_heads=heads,
+        hidden_dim=hidden,
+        mlp_dim=mlp,
+    )
 
 
 def _timm_vit_small(shape: Shape, overrides: dict[str, int]) -> nn.Module:
@@ -149,16 +127,12 @@ class MainOutput(nn.Module):
         return self._forward(x)["out"]
 
 
-def _torchvision_segmentation(factory: str) -> Builder:
+def _torchvision_segmentation(factory: str, shape: Shape, overrides: dict[str, int]) -> nn.Module:
     """A torchvision segmentation model, random init (no backbone download), without the aux head."""
-
-    def build(shape: Shape, overrides: dict[str, int]) -> nn.Module:
-        _check_image_shape(factory, shape)
-        extra = {} if factory.startswith("lraspp") else {"aux_loss": False}
-        seg = import_torchvision().models.segmentation
-        return MainOutput(getattr(seg, factory)(weights=None, weights_backbone=None, **extra))
-
-    return build
+    _check_image_shape(factory, shape)
+    extra = {} if factory.startswith("lraspp") else {"aux_loss": False}
+    seg = import_torchvision().models.segmentation
+    return MainOutput(getattr(seg, factory)(weights=None, weights_backbone=None, **extra))
 
 
 class KeypointHeatmaps(nn.Module):
@@ -225,132 +199,18 @@ def _bert_base(shape: Shape, overrides: dict[str, int]) -> nn.Module:
     return BertLastHiddenState(BertModel(config, add_pooling_layer=False))
 
 
-# --------------------------------------------------------------------------- the registry
-
-
-def _cnn(name: str, params: float, description: str) -> ZooEntry:
-    return ZooEntry(name, "cnn", description, IMAGE_SHAPE, torch.float32, int(params), _torchvision_cnn(name))
-
-
-def _vit(name: str, params: float, description: str, dims: tuple[int, int, int, int, int]) -> ZooEntry:
-    return ZooEntry(
-        name,
-        "vit",
-        description,
-        IMAGE_SHAPE,
-        torch.float32,
-        int(params),
-        _torchvision_vit(name, *dims),
-        frozenset({"num_layers"}),
-    )
-
-
-def _segmentation(name: str, params: float, description: str) -> ZooEntry:
-    return ZooEntry(
-        name, "segmentation", description, CAMERA_SHAPE, torch.float32, int(params), _torchvision_segmentation(name)
-    )
-
-
-_ENTRIES: tuple[ZooEntry, ...] = (
-    _cnn("resnet18", 11.7e6, "ResNet-18 (torchvision), 224x224 ImageNet classifier"),
-    _cnn("resnet50", 25.6e6, "ResNet-50 (torchvision), 224x224 ImageNet classifier"),
-    _cnn("resnet152", 60.2e6, "ResNet-152 (torchvision), 224x224 ImageNet classifier"),
-    _cnn("vgg16", 138.4e6, "VGG-16 (torchvision): large early feature maps, huge classifier"),
-    _cnn("vgg19", 143.7e6, "VGG-19 (torchvision): large early feature maps, huge classifier"),
-    _cnn("mobilenet_v2", 3.5e6, "MobileNetV2 (torchvision): depthwise-separable, mobile-sized"),
-    _cnn("mobilenet_v3_large", 5.5e6, "MobileNetV3-Large (torchvision): mobile-sized"),
-    _cnn("densenet121", 8.0e6, "DenseNet-121 (torchvision): many long skip connections"),
-    _cnn("convnext_tiny", 28.6e6, "ConvNeXt-Tiny (torchvision): 7x7 depthwise convolutions"),
-    _cnn("efficientnet_b0", 5.3e6, "EfficientNet-B0 (torchvision): squeeze-excitation blocks"),
-    _vit("vit_b_16", 86.6e6, "ViT-Base/16 (torchvision): 12 layers, hidden 768", (16, 12, 12, 768, 3072)),
-    _vit("vit_l_16", 304.3e6, "ViT-Large/16 (torchvision): 24 layers, hidden 1024", (16, 24, 16, 1024, 4096)),
-    _vit("vit_h_14", 632.0e6, "ViT-Huge/14 (torchvision): 32 layers, hidden 1280", (14, 32, 16, 1280, 5120)),
-    ZooEntry(
-        "timm_vit_small",
-        "vit",
-        "ViT-Small/16 (timm vit_small_patch16_224): 12 layers, hidden 384",
-        IMAGE_SHAPE,
-        torch.float32,
-        int(22.1e6),
-        _timm_vit_small,
-        frozenset({"depth"}),
-    ),
-    _segmentation(
-        "lraspp_mobilenet_v3_large",
-        3_221_538,
-        "LR-ASPP MobileNetV3-Large (torchvision): 21-class segmentation logits at the input's size",
-    ),
-    _segmentation(
-        "deeplabv3_mobilenet_v3_large",
-        11_025_477,
-        "DeepLabV3 MobileNetV3-Large (torchvision): dilated backbone, ASPP, 21-class logits at the input's size",
-    ),
-    _segmentation(
-        "fcn_resnet50",
-        32_957_013,
-        "FCN ResNet-50 (torchvision): dilated ResNet-50 (stride 8), 21-class logits at the input's size",
-    ),
-    ZooEntry(
-        "keypoints_resnet18_fpn",
-        "keypoints",
-        "ResNet-18 + FPN (torchvision detection backbone), transposed-conv head: 17 keypoint heatmaps "
-        "at the input's size, no NMS",
-        CAMERA_SHAPE,
-        torch.float32,
-        14_113_489,
-        _keypoints,
-    ),
-    ZooEntry(
-        "bert-base",
-        "transformer",
-        "BERT-base encoder (transformers, SDPA attention), 128 token ids in",
-        TOKEN_SHAPE,
-        torch.int64,
-        int(108.9e6),
-        _bert_base,
-        frozenset({"num_hidden_layers"}),
-        vocab=BERT_VOCAB,
-    ),
-)
-
-
-def _canonical(name: str) -> str:
-    """Names match ignoring case and the difference between '-' and '_' (bert-base, vit-b-16)."""
-    return name.strip().lower().replace("-", "_")
-
-
-ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
-_BY_CANONICAL: dict[str, ZooEntry] = {_canonical(entry.name): entry for entry in _ENTRIES}
+# The catalogue's `builder` names -> functions (args, shape, overrides) -> nn.Module.
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "torchvision_cnn": _torchvision_cnn,
+    "torchvision_vit": _torchvision_vit,
+    "torchvision_segmentation": _torchvision_segmentation,
+    "timm_vit_small": _timm_vit_small,
+    "keypoints": _keypoints,
+    "bert_base": _bert_base,
+}
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def list_models() -> list[dict[str, Any]]:
-    """The zoo as rows for `edgeweave models` (JSON-friendly: shapes as lists, dtypes as names)."""
-    return [
-        {
-            "name": e.name,
-            "family": e.family,
-            "input_shape": list(e.input_shape),
-            "input_dtype": _dtype_name(e.input_dtype),
-            "params": e.params,
-            "description": e.description,
-        }
-        for e in _ENTRIES
-    ]
-
-
-def get_entry(name: str) -> ZooEntry:
-    """The zoo entry for `name`, or a UserError suggesting the closest names."""
-    entry = _BY_CANONICAL.get(_canonical(name))
-    if entry is not None:
-        return entry
-    close = difflib.get_close_matches(_canonical(name), list(_BY_CANONICAL), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(_BY_CANONICAL[c].name for c in close)}? " if close else ""
-    raise UserError(
-        f"unknown model '{name}'; {hint}run `edgeweave models` to list them, or give your own as package.module:factory"
-    )
 
 
 def build_model(name: str, *, input_shape: Shape | None = None, **overrides: int) -> nn.Module:
@@ -362,10 +222,7 @@ def build_model(name: str, *, input_shape: Shape | None = None, **overrides: int
     entry = get_entry(name)
     _check_overrides(entry, overrides)
     shape = entry.input_shape if input_shape is None else _check_shape(input_shape)
-    return entry.build(shape, dict(overrides)).eval()
-
-
-INPUT_KINDS = ("float", "uint8-image")
+    return _BUILDERS[entry.builder](*entry.args, shape, dict(overrides)).eval()
 
 
 class UInt8Image(nn.Module):
@@ -392,9 +249,8 @@ def as_uint8_image(spec: ModelSpec, seed: int = 0) -> ModelSpec:
             f"--input uint8-image needs an image model taking (N, 3, H, W) floats; {spec.name} takes "
             f"{tuple(spec.input_shape)} {str(spec.input_dtype).removeprefix('torch.')}"
         )
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, tuple(spec.input_shape), generator=generator, dtype=torch.uint8)
-    return ModelSpec(spec.name, UInt8Image(spec.module).eval(), x, spec.input_shape, torch.uint8)
+    x = example_input(tuple(spec.input_shape), torch.uint8, seed, value_range=(0.0, 256.0))
+    return ModelSpec(spec.name, UInt8Image(spec.module).eval(), x, spec.input_shape, torch.uint8, (0.0, 256.0))
 
 
 class PixelLabels(nn.Module):
@@ -426,7 +282,12 @@ class PixelLabels(nn.Module):
 def as_labels(spec: ModelSpec) -> ModelSpec:
     """Wrap a dense model so that its output is the uint8 label map (see `PixelLabels`)."""
     return ModelSpec(
-        spec.name, PixelLabels(spec.module, spec.name).eval(), spec.example_input, spec.input_shape, spec.input_dtype
+        spec.name,
+        PixelLabels(spec.module, spec.name).eval(),
+        spec.example_input,
+        spec.input_shape,
+        spec.input_dtype,
+        spec.input_range,
     )
 
 
@@ -437,56 +298,133 @@ def load_model(
     seed: int = 0,
     input_kind: str = "float",
     labels: bool = False,
+    input_dtype: str | torch.dtype | None = None,
+    input_range: tuple[float, float] | None = None,
     **overrides: int,
 ) -> ModelSpec:
     """Resolve a zoo name or `package.module:factory` into a ModelSpec.
 
     Weights come from `torch.manual_seed(seed)` (so every process builds the same model) unless a
-    checkpoint is given. The caller's global RNG state is left as it was. `labels` ends the
-    model in a per-pixel argmax (`PixelLabels`); `input_kind` "uint8-image" takes camera pixels.
+    checkpoint is given. The caller's global RNG state is left as it was. `input_dtype` (a zoo
+    model's own, float32 for a user's model unless given) and `input_range` ([low, high) of the
+    generated inputs) describe what the model takes; `labels` ends the model in a per-pixel argmax
+    (`PixelLabels`); `input_kind` "uint8-image" takes camera pixels.
     """
+    if input_kind not in INPUT_KINDS:
+        raise UserError(f"unknown --input {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}")
+    check_model_spec(spec)
     shape = None if input_shape is None else _check_shape(input_shape)
+    dtype_name = check_input_dtype(_dtype_name(input_dtype) if isinstance(input_dtype, torch.dtype) else input_dtype)
     with _seeded(seed):
-        if ":" in spec:
-            name, module, shape, dtype = _load_user_model(spec, shape, overrides)
-            vocab = None
+        if is_user_spec(spec):
+            name, module, shape = _load_user_model(spec, shape, overrides)
+            vocab, default_dtype = None, "float32"
         else:
             entry = get_entry(spec)
-            name, shape, dtype, vocab = entry.name, shape or entry.input_shape, entry.input_dtype, entry.vocab
+            name, shape, vocab, default_dtype = entry.name, shape or entry.input_shape, entry.vocab, entry.input_dtype
             module = build_model(entry.name, input_shape=shape, **overrides)
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
     module.eval()
-    loaded = ModelSpec(name, module, example_input(shape, dtype, seed, vocab), shape, dtype)
+    dtype = getattr(torch, dtype_name or default_dtype)
+    value_range = input_range or _default_range(name, module, dtype, vocab)
+    x = example_input(shape, dtype, seed, value_range=value_range)
+    loaded = ModelSpec(name, module, x, shape, dtype, value_range)
     if labels:
         loaded = as_labels(loaded)
-    if input_kind not in INPUT_KINDS:
-        raise UserError(f"unknown --input {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}")
     return as_uint8_image(loaded, seed) if input_kind == "uint8-image" else loaded
 
 
-def example_input(shape: Shape, dtype: torch.dtype, seed: int = 0, vocab: int | None = None) -> torch.Tensor:
-    """A deterministic example input: standard normal floats, or token ids in [0, vocab)."""
-    generator = torch.Generator().manual_seed(seed)
+def _default_range(name: str, module: nn.Module, dtype: torch.dtype, vocab: int | None) -> tuple[float, float] | None:
+    """Where generated inputs come from when `--input-range` is not given.
+
+    Floats: standard normal (None). uint8: all 256 values (camera pixels). bool: both. Other
+    integers are token ids: the zoo entry's vocabulary, else the size of the model's first
+    `nn.Embedding` (ids past it would fail inside the model, far from the cause); with neither, the
+    user must say, since any guess could index out of range.
+    """
     if dtype.is_floating_point:
-        return torch.randn(shape, generator=generator, dtype=dtype)
+        return None
+    if dtype == torch.uint8:
+        return (0.0, 256.0)
+    if dtype == torch.bool:
+        return (0.0, 2.0)
     if vocab is None:
-        raise ValueError(f"an example input of dtype {dtype} needs a vocabulary size")
-    return torch.randint(0, vocab, shape, generator=generator, dtype=dtype)
+        # the first embedding is the token table in transformers models (position and segment tables follow)
+        vocab = next((m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding)), None)
+    if vocab is None:
+        raise UserError(
+            f"{name} takes {_dtype_name(dtype)} inputs but has no nn.Embedding to bound them: "
+            "give --input-range LOW,HIGH for the generated values"
+        )
+    return (0.0, float(vocab))
 
 
-def parse_input_shape(text: str) -> Shape:
-    """Parse `--input-shape` text such as "1,3,224,224" (or "1x3x224x224") into a tuple."""
-    parts = [p.strip() for p in str(text).strip().strip("()[]").replace("x", ",").split(",")]
-    if parts and parts[-1] == "":  # allow a trailing comma, as in "(1,)"
-        parts.pop()
+def example_input(
+    shape: Shape,
+    dtype: torch.dtype,
+    seed: int = 0,
+    vocab: int | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """A deterministic input: standard normal floats (uniform in `value_range` if given), or
+    integers in `value_range` ([0, vocab) for token ids)."""
+    generator = torch.Generator().manual_seed(seed)
+    if value_range is None and vocab is not None:
+        value_range = (0.0, float(vocab))
+    if dtype.is_floating_point:
+        if value_range is None:
+            return torch.randn(shape, generator=generator, dtype=dtype)
+        low, high = value_range
+        return torch.rand(shape, generator=generator, dtype=torch.float32).mul_(high - low).add_(low).to(dtype)
+    if value_range is None:
+        raise ValueError(f"an example input of dtype {dtype} needs a value range")
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    return torch.randint(int(value_range[0]), int(value_range[1]), shape, generator=generator, dtype=dtype)
+
+
+def capture_model(spec: ModelSpec) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Capture `spec` into (OpGraph, weights), blaming the real problem when capture fails.
+
+    torch.export fails for two kinds of reasons that its error does not tell apart: the model
+    cannot run on this input at all (3 channels expected, float token ids, ids past the
+    vocabulary), or it runs but cannot be traced. Running the model once, only after a failure,
+    tells which, so the advice fits: fix the input options, or fix the forward.
+    """
+    from edgeweave.graph import capture
+
     try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise UserError(f"bad input shape '{text}': expected positive integers like 1,3,224,224")
-    return shape
+        return capture(spec.module, spec.example_input, spec.name)
+    except UserError as err:
+        if err.__cause__ is None:  # capture's own one-line refusal (one output, ...): already precise
+            raise
+        try:
+            with torch.no_grad():
+                spec.module(spec.example_input)
+        except UserError:
+            raise
+        except Exception as run_err:
+            raise UserError(_input_problem(spec, run_err)) from run_err
+        raise
+
+
+def _input_problem(spec: ModelSpec, err: Exception) -> str:
+    """One line naming why `spec.module` fails on its example input, with the option that fixes it."""
+    text = str(err)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)[:240]
+    got = f"an input of shape {_fmt(spec.input_shape)} {_dtype_name(spec.input_dtype)}"
+    if "indices" in text and spec.input_dtype.is_floating_point:
+        hint = "it takes integer ids: give --input-dtype int64 (and --input-range 0,VOCAB if it has no nn.Embedding)"
+    elif "index out of range" in text:
+        hint = "its ids must be below the vocabulary: lower the top of --input-range"
+    elif any(word in text for word in ("channels", "size mismatch", "shape", "mat1 and mat2", "dimension")):
+        hint = "check --input-shape"
+    elif "dtype" in text or "scalar type" in text:
+        hint = "check --input-dtype"
+    else:
+        hint = "check --input-shape and --input-dtype"
+    return f"{spec.name} fails on {got} ({type(err).__name__}: {first}); {hint}"
 
 
 def load_checkpoint(module: nn.Module, path: str | os.PathLike[str]) -> None:
@@ -547,13 +485,9 @@ def _cwd_on_path() -> Iterator[None]:
         sys.path[:] = saved
 
 
-def _load_user_model(
-    spec: str, shape: Shape | None, overrides: Mapping[str, Any]
-) -> tuple[str, nn.Module, Shape, torch.dtype]:
+def _load_user_model(spec: str, shape: Shape | None, overrides: Mapping[str, Any]) -> tuple[str, nn.Module, Shape]:
     """Import `package.module:factory` and call `factory()`; the user must give the input shape."""
     module_name, _, attr = spec.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise UserError(f"bad model '{spec}': expected a zoo name or package.module:factory")
     if shape is None:
         raise UserError(f"model {spec} needs --input-shape (for example --input-shape 1,3,224,224)")
     if overrides:
@@ -561,15 +495,53 @@ def _load_user_model(
     factory = _resolve_factory(module_name, attr, spec)
     try:
         module = factory()
+    except UserError:
+        raise
     except Exception as err:  # the user's code: report it in one line rather than a traceback
         raise UserError(f"{spec}() failed: {type(err).__name__}: {err}") from err
     if not isinstance(module, nn.Module):
         raise UserError(f"{spec}() returned {type(module).__name__}, not a torch.nn.Module")
-    return spec, module, shape, torch.float32
+    return spec, OneTensorOut(module), shape
+
+
+class OneTensorOut(nn.Module):
+    """A user's model with one tensor out: its output if that is a tensor, else the first tensor of
+    the dict, ModelOutput or tuple it returns (torchvision segmentation's `out`, a transformers
+    encoder's `last_hidden_state`, a classifier's `logits`).
+
+    Capture and the runtime need one tensor; asking every user to write this wrapper was the first
+    trap of bringing a model. The model's submodules are adopted under their own names (as in
+    `MainOutput`), so state-dict keys, checkpoints and module paths stay the user's.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buf in model.named_buffers(recurse=False):
+            self.register_buffer(name, buf)
+        self._forward = model.forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._forward(x)
+        if isinstance(out, torch.Tensor):
+            return out
+        values = list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, tuple | list) else []
+        first = next((v for v in values if isinstance(v, torch.Tensor)), None)
+        if first is None:
+            raise UserError(f"the model returns {type(out).__name__} with no tensor in it; edgeweave needs one tensor")
+        return first
 
 
 def _resolve_factory(module_name: str, attr: str, spec: str) -> Callable[[], Any]:
-    """Import the user's module (from the cwd too) and find the factory, possibly a dotted path."""
+    """Import the user's module (from the cwd too) and find the factory, possibly a dotted path.
+
+    The third-party work-arounds run first: a user's module that imports torchvision, timm or
+    transformers at its top would otherwise meet the broken torchvision wheel before we could help.
+    """
+    prepare_third_party()
     try:
         with _cwd_on_path():
             obj: Any = importlib.import_module(module_name)
