@@ -129,7 +129,10 @@ def profile_graph(
 
 
 def reference_device(threads: int) -> dict[str, Any]:
-    """What the profile's times were measured on, so a reader knows what speed 1.0 means."""
+    """What the profile's times were measured on, so a reader knows what speed 1.0 means, and
+    when and under what load (a profile taken on a busy host plans differently: cost/store.py warns)."""
+    import datetime
+    import os
     import platform
 
     return {
@@ -138,4 +141,7 @@ def reference_device(threads: int) -> dict[str, Any]:
         "processor": platform.processor() or "",
         "torch": torch.__version__,
         "threads": threads,
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpus": os.cpu_count(),
     }
