@@ -18,7 +18,7 @@ from edgeweave.plan.energy import candidates, score_plan
 from edgeweave.plan.strategies import make_plan
 from edgeweave.runtime.power import PowerMeter, find_sensors, measured_energy, probe
 from edgeweave.sim.energy import predict_energy, single_energy
-from edgeweave.sim.timeline import TimelineEvent
+from edgeweave.trace import TimelineEvent
 
 runner = CliRunner()
 ROBOT = {"idle_w": 5.0, "busy_w": 14.0, "radio_w_per_mbps": 0.283, "radio_base_w": 0.133}

@@ -44,15 +44,29 @@ class RunConfig:
     # caller's planner, `replan(cluster) -> Plan`; None runs the plan as it is
     replan: Any = None
     resilience: Any = None  # runtime.resilient.ResilienceOptions
+    # where generated requests are drawn from, [low, high) (the model's --input-range); None: standard
+    # normal floats, all uint8 values, token ids below 30522
+    input_range: tuple[float, float] | None = None
 
 
-def make_inputs(graph: OpGraph, count: int, seed: int, vocab: int = 30522) -> list[torch.Tensor]:
-    """Deterministic inputs of the graph's shape and dtype (token ids for integer inputs)."""
+def make_inputs(
+    graph: OpGraph, count: int, seed: int, vocab: int = 30522, value_range: tuple[float, float] | None = None
+) -> list[torch.Tensor]:
+    """Deterministic inputs of the graph's shape and dtype (token ids for integer inputs), drawn
+    from [low, high) of `value_range` when given (a model's ids must stay below its vocabulary)."""
     dtype = dtype_from_name(graph.input_dtype)
     out = []
     for k in range(count):
         gen = torch.Generator().manual_seed(seed * 100_003 + k)
-        if dtype.is_floating_point:
+        if value_range is not None:
+            low, high = value_range
+            if dtype.is_floating_point:
+                out.append(torch.rand(graph.input_shape, generator=gen).mul_(high - low).add_(low).to(dtype))
+            elif dtype == torch.bool:
+                out.append(torch.randint(0, 2, graph.input_shape, generator=gen).bool())
+            else:
+                out.append(torch.randint(int(low), int(high), graph.input_shape, generator=gen, dtype=dtype))
+        elif dtype.is_floating_point:
             out.append(torch.randn(graph.input_shape, generator=gen, dtype=dtype))
         elif dtype == torch.uint8:  # camera pixels
             out.append(torch.randint(0, 256, graph.input_shape, generator=gen, dtype=dtype))
@@ -79,7 +93,9 @@ def run_plan(
 
 
 def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[str, Any]:
-    inputs = make_inputs(graph, config.warmup + config.single + config.requests, config.seed)
+    inputs = make_inputs(
+        graph, config.warmup + config.single + config.requests, config.seed, value_range=config.input_range
+    )
     warm, single, stream = (
         inputs[: config.warmup],
         inputs[config.warmup : config.warmup + config.single],
@@ -149,12 +165,14 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
     if recovery is not None:
         result["recovery"] = recovery
     if config.trace or config.timeline:
-        from edgeweave.sim.timeline import draw_timeline, write_trace
+        from edgeweave.trace import draw_timeline, task_labels, write_trace
 
         shifted = [{**e, "start": e["start"] - t_stream, "end": e["end"] - t_stream} for e in stream_events]
         if config.trace:
             config.trace.parent.mkdir(parents=True, exist_ok=True)
-            write_trace(shifted, config.trace, name=f"{plan.model} {plan.strategy} (measured)")
+            write_trace(
+                shifted, config.trace, name=f"{plan.model} {plan.strategy} (measured)", labels=task_labels(plan)
+            )
             if recovery is not None:
                 from edgeweave.runtime.resilient import add_marks
 

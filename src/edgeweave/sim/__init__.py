@@ -6,7 +6,7 @@ into a Gantt PNG or a Chrome/Perfetto trace. matplotlib is imported only when dr
 """
 
 from edgeweave.sim.simulator import DeviceUsage, LinkUsage, RequestRecord, SimResult, default_max_inflight, simulate
-from edgeweave.sim.timeline import TimelineEvent, as_events, draw_timeline, write_trace
+from edgeweave.trace import TimelineEvent, as_events, draw_timeline, write_trace
 
 __all__ = [
     "DeviceUsage",

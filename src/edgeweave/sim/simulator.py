@@ -39,7 +39,7 @@ import numpy as np
 from edgeweave.cost.cluster import Cluster
 from edgeweave.errors import UserError
 from edgeweave.plan.ir import Plan
-from edgeweave.sim.timeline import TimelineEvent
+from edgeweave.trace import TimelineEvent
 
 
 @dataclass

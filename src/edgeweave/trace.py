@@ -1,5 +1,9 @@
 """Timelines of task executions: a Gantt chart (PNG) and a Chrome/Perfetto trace (JSON).
 
+A module of its own, beside `sim` and `runtime` rather than inside either: the simulator
+produces timelines and the runtime measures them, and both write them with these functions,
+so neither layer imports the other for it.
+
 Both writers take a generic list of `TimelineEvent`s, not a simulation result, because the same
 pictures are wanted for MEASURED runs: the runtime records (resource, request, task, start, end)
 for every task it executes and hands them to the same functions, so a prediction and a
@@ -24,7 +28,11 @@ from typing import Any
 
 # Drawing more requests than this makes the bars too thin to read; the title says when we cut.
 DEFAULT_MAX_REQUESTS = 30
-_PALETTE_SIZE = 10  # tab10: ten clearly different colours, reused cyclically by request index
+# tab20 then tab20b: 40 colours, so every request drawn (at most DEFAULT_MAX_REQUESTS) has its own;
+# neighbouring requests take far-apart entries (even ones first, then odd) so they never look alike
+_PALETTE = [("tab20", k) for k in range(0, 20, 2)] + [("tab20b", k) for k in range(0, 20, 4)]
+_PALETTE += [("tab20", k) for k in range(1, 20, 2)] + [("tab20b", k) for k in range(2, 20, 4)]
+_PALETTE += [("tab20b", k) for k in range(1, 20, 2)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,7 @@ def draw_timeline(
     """Draw a Gantt chart: one row per device and per link direction, bars coloured by request.
 
     Only the first `max_requests` requests are drawn (the title says so) so that bars stay
-    readable; colours repeat every ten requests and each wide enough bar is labelled with its
+    readable; each drawn request has its own colour and each wide enough bar is labelled with its
     request index, so neighbouring requests are always told apart.
     """
     import matplotlib
@@ -121,14 +129,17 @@ def draw_timeline(
     drawn = [ev for ev in events if ev.request in shown]
     rows = resource_order(drawn)
     row_of = {name: i for i, name in enumerate(rows)}
-    cmap = plt.get_cmap("tab10")
+
+    def colour_of(request: int) -> Any:
+        name, k = _PALETTE[request % len(_PALETTE)]
+        return plt.get_cmap(name)(k)
 
     fig, ax = plt.subplots(figsize=(12, max(3.0, 1.2 + 0.45 * len(rows))))
     t0 = min((ev.start for ev in drawn), default=0.0)
     t1 = max((ev.done for ev in drawn), default=1.0)
     span = max(t1 - t0, 1e-12)
     for ev in drawn:
-        colour = cmap(ev.request % _PALETTE_SIZE)
+        colour = colour_of(ev.request)
         hatch = "//" if ev.kind == "transfer" else None
         ax.barh(
             row_of[ev.resource],
@@ -150,32 +161,47 @@ def draw_timeline(
     ax.invert_yaxis()  # first resource on top, like reading the data flow
     ax.set_xlim(t0, t0 + span * 1.01)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("resource (device / link direction, hatched = transfer)")
+    ax.set_ylabel("device / link (hatched: transfer)")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    shown_sorted = sorted(shown)
-    legend = [
-        Patch(
-            facecolor=cmap(k),
-            edgecolor="black",
-            label="req " + ", ".join(str(r) for r in shown_sorted if r % _PALETTE_SIZE == k)[:28],
-        )
-        for k in range(_PALETTE_SIZE)
-        if any(r % _PALETTE_SIZE == k for r in shown_sorted)
-    ]
+    legend = [Patch(facecolor=colour_of(r), edgecolor="black", label=str(r)) for r in sorted(shown)]
     if legend:
         ax.legend(
-            handles=legend, title="request", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title_fontsize=8
+            handles=legend,
+            title="request",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=7,
+            title_fontsize=8,
+            ncol=1 + (len(legend) - 1) // 15,
         )
-    fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    # "tight" grows the canvas to whatever sticks out (the y-axis label, long device names, the
+    # legend outside the axes), which tight_layout alone clipped
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def trace_events(source: Any, name: str = "edgeweave") -> list[dict[str, Any]]:
-    """Chrome trace events: metadata naming the process and one thread per resource, then "X" events."""
+def task_labels(plan: Any) -> dict[str, str]:
+    """Task id -> what a reader recognises: "nodes 0-17 conv1 .. layer2.0.bn1" for a compute task
+    of a plan that carries its nodes' module paths (`node_modules`, set by the command line)."""
+    modules = getattr(plan, "node_modules", None) or []
+    labels: dict[str, str] = {}
+    for task in plan.tasks:
+        if task.kind != "compute" or not task.nodes:
+            continue
+        first, last = task.nodes[0], task.nodes[-1]
+        span = f"nodes {first}-{last}" if last != first else f"node {first}"
+        if last < len(modules) and modules[first]:
+            span += f" {modules[first]}" if last == first else f" {modules[first]} .. {modules[last] or '?'}"
+        labels[task.id] = span
+    return labels
+
+
+def trace_events(source: Any, name: str = "edgeweave", labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Chrome trace events: metadata naming the process and one thread per resource, then "X" events;
+    `labels` (task id -> text, see `task_labels`) go into each event's args."""
     events = as_events(source)
     rows = resource_order(events)
     tid = {res: i + 1 for i, res in enumerate(rows)}
@@ -196,14 +222,17 @@ def trace_events(source: Any, name: str = "edgeweave") -> list[dict[str, Any]]:
                 "ts": ev.start * 1e6,
                 "dur": ev.duration * 1e6,
                 "args": {"request": ev.request, "task": ev.task, "bytes": ev.bytes}
-                | ({} if ev.arrival is None else {"arrival_us": ev.arrival * 1e6}),
+                | ({} if ev.arrival is None else {"arrival_us": ev.arrival * 1e6})
+                | ({"nodes": labels[ev.task]} if labels and ev.task in labels else {}),
             }
         )
     return out
 
 
-def write_trace(source: Any, path: str | Path, name: str = "edgeweave") -> Path:
+def write_trace(
+    source: Any, path: str | Path, name: str = "edgeweave", labels: Mapping[str, str] | None = None
+) -> Path:
     """Write a trace that chrome://tracing and ui.perfetto.dev open (ts/dur in microseconds)."""
     path = Path(path)
-    path.write_text(json.dumps({"traceEvents": trace_events(source, name), "displayTimeUnit": "ms"}))
+    path.write_text(json.dumps({"traceEvents": trace_events(source, name, labels), "displayTimeUnit": "ms"}))
     return path
