@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeweave.cli import app
+from edgeweave.cli.options import DEFAULT_OBJECTIVE
 from edgeweave.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def test_plan_json_has_the_contract_fields(profile_path: Path, strategy: str) ->
             strategy,
         ]
     )
-    assert out["strategy"] == strategy and out["objective"] == "throughput"
+    assert out["strategy"] == strategy and out["objective"] == DEFAULT_OBJECTIVE == "latency"
     assert out["predicted"]["latency_s"] > 0 and out["predicted"]["throughput_per_s"] > 0
     if strategy != "dads":
         stages = out["stages"]
@@ -65,7 +66,8 @@ def test_pipeline_beats_or_equals_every_baseline_on_throughput(profile_path: Pat
     cluster = str(ROOT / "examples/clusters/home-4.yaml")
     results = {}
     for strategy in ["local", "offload", "even", "pipedream", "neurosurgeon", "pipeline"]:
-        out = invoke_json(["plan", "--profile", str(profile_path), "--cluster", cluster, "--strategy", strategy])
+        args = ["plan", "--profile", str(profile_path), "--cluster", cluster, "--strategy", strategy, "-O", "throughput"]
+        out = invoke_json(args)
         results[strategy] = out["cost_model"]["bottleneck_s"] if out["cost_model"]["fits"] else float("inf")
     assert results["pipeline"] <= min(results.values()) * (1 + 1e-9)
     assert results["pipeline"] < results["local"]
@@ -82,6 +84,8 @@ def test_plan_out_then_simulate(profile_path: Path, tmp_path: Path) -> None:
             str(ROOT / "examples/clusters/home-4.yaml"),
             "--out",
             str(plan_file),
+            "-O",
+            "throughput",
         ]
     )
     sim = invoke_json(["simulate", str(plan_file), "--requests", "40"])

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rich.console import Console
 
-from edgeweave.cost.cluster import Cluster, Device, Link, PowerModel, cluster_summary, print_cluster
+from edgeweave.cost.cluster import Cluster, Device, Link, PowerModel, cluster_summary
 from edgeweave.cost.units import (
     exact_bandwidth,
     exact_bytes,
@@ -398,16 +397,6 @@ def test_cluster_summary_is_json_and_complete() -> None:
     assert summary["links"]["jetson"]["desktop"] == {"bandwidth_bps": 200e6, "latency_s": 0.002}
     assert summary["links"]["desktop"]["jetson"] == {"bandwidth_bps": 400e6, "latency_s": 0.002}
     assert all(len(row) == 3 and name not in row for name, row in summary["links"].items())
-
-
-def test_print_cluster_shows_devices_and_matrix() -> None:
-    console = Console(record=True, width=160)
-    print_cluster(Cluster.load(EXAMPLES / "robot-server.yaml"), console)
-    text = console.export_text()
-    assert "robot (source)" in text
-    assert "4.0 GiB" in text
-    assert "50 Mbps / 2.0 ms" in text
-    assert "5 / 14 W" in text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,70 +1,49 @@
-"""`edgeweave demo`: the main job on the embedded default (a robot and a server on 50 Mbps WiFi)."""
+"""`edgeweave demo`: every strategy run for real on the embedded robot + server (50 Mbps WiFi).
+
+The demo is `bench` with every strategy and resnet18 by default: the same option groups and
+the same defaults (cli/options.py), then the cluster first and a closing summary last.
+"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from edgeweave.cli.common import InputKindOpt, JsonOpt, LabelsOpt, ModelChoice, console, print_json
-from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, load_cluster
-from edgeweave.cli.rate import RateOpt
-from edgeweave.cli.run_cmd import RunRequest, print_comparison, run_strategies
-from edgeweave.cost.cluster import print_cluster
+from edgeweave.cli.common import JsonOpt, console, print_json
+from edgeweave.cli.options import ExecutionOptions, ModelOptions, PlanningOptions, grouped
+from edgeweave.cli.report import print_comparison, print_summary
+from edgeweave.cli.run_cmd import run_strategies
 
+DEMO_MODEL = "resnet18"
 DEMO_STRATEGIES = ["local", "offload", "neurosurgeon", "dads", "pipeline", "stream-offload", "hybrid"]
 
 
-def demo(
-    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model to demonstrate.")] = "resnet18",
-    cluster: ClusterOpt = None,
-    input_kind: InputKindOpt = "float",
-    labels: LabelsOpt = False,
-    requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests per strategy.")] = 12,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the timeline pictures.")] = Path("out/demo"),
-    rate: RateOpt = None,
-    cache_dir: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Run MODEL for real with every strategy on the embedded robot + server cluster and compare.
+@grouped
+def demo(m: ModelOptions, p: PlanningOptions, e: ExecutionOptions, json_out: JsonOpt = False) -> None:
+    """Run MODEL (default: resnet18) for real with every strategy on the cluster and compare.
 
     Each device is a worker process on this machine; the robot is slowed to its speed and the
     WiFi link is shaped to its bandwidth and latency. Outputs are checked against one-device runs.
     """
-    from edgeweave.sim.stream import check_rate
-
     started = time.perf_counter()
-    check_rate(rate)
-    the_cluster = load_cluster(cluster)  # fails fast, before capture and profiling
+    choice = m.choice(default=DEMO_MODEL)
     if not json_out:
-        print_cluster(the_cluster, console)
-    request = RunRequest(
-        ModelChoice(model, input_kind=input_kind, labels=labels),
-        None,
-        cluster,
-        "latency",
-        requests,
-        "shaper",
-        out,
-        None,
-        5.0,
-        None,
-        cache_dir,
-        no_cache,
-        rate_per_s=rate,
-    )
-    rows = run_strategies(request, DEMO_STRATEGIES, quiet=json_out)
+        from edgeweave.cli.cluster_cmd import print_cluster
+        from edgeweave.cli.inputs import load_cluster
+
+        print_cluster(load_cluster(p.cluster), console)  # a bad file fails here, before capture
+    rows = run_strategies(choice, p, e, DEMO_STRATEGIES, quiet=json_out)
     if json_out:
         print_json(rows)
         return
-    name = the_cluster.name or "the cluster"
-    print_comparison(
-        rows, title=f"{model} on {name}: every strategy run for real ({requests} requests each, latency objective)"
+    name = rows[0]["model"]
+    print_comparison(rows, title=f"{name}: every strategy run for real ({e.requests} requests each, {p.objective})")
+    print_summary(rows)
+    console.print(
+        f"measured timelines and Perfetto traces: {e.out}/   (demo took {time.perf_counter() - started:.0f} s)",
+        soft_wrap=True,
     )
-    console.print(f"measured timelines and Perfetto traces: {out}/   (demo took {time.perf_counter() - started:.0f} s)")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from edgeweave.cli.common import JsonOpt, console, print_json
-from edgeweave.cli.inputs import ClusterOpt, load_cluster
+from edgeweave.cli.inputs import load_cluster
+from edgeweave.cli.options import ClusterOpt
 from edgeweave.errors import UserError
 
 
@@ -17,7 +18,7 @@ def keys(
     devices: Annotated[
         str | None,
         typer.Option(
-            "--devices", help="Comma-separated device names [default: the cluster's devices].", show_default=False
+            "--devices", help="Comma-separated device names (default: the cluster's devices).", show_default=False
         ),
     ] = None,
     cluster: ClusterOpt = None,

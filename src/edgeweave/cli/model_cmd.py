@@ -11,19 +11,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeweave.cli.common import (
-    CheckpointOpt,
-    InputKindOpt,
-    InputShapeOpt,
-    JsonOpt,
-    LabelsOpt,
-    ModelArg,
-    ModelOpt,
-    console,
-    err_console,
-    model_choice,
-    print_json,
-)
+from edgeweave.cli.common import JsonOpt, console, err_console, print_json, print_table
+from edgeweave.cli.options import CacheOpt, ModelOptions, grouped
 from edgeweave.cost.profile import Profile
 from edgeweave.cost.units import format_bytes
 
@@ -38,42 +27,46 @@ def models(json_out: JsonOpt = False) -> None:
         return
     table = Table(title="edgeweave model zoo")
     for col in ("name", "family", "input", "params", "description"):
-        table.add_column(col)
+        table.add_column(col, justify="right" if col == "params" else "left", no_wrap=col == "name")
     for r in rows:
         shape = "x".join(str(d) for d in r["input_shape"])
         table.add_row(
             r["name"], r["family"], f"{shape} {r['input_dtype']}", f"{r['params'] / 1e6:.1f}M", r["description"]
         )
-    console.print(table)
-    console.print("Your own model: --model package.module:factory --input-shape 1,3,224,224 [--checkpoint W.pt]")
+    print_table(table)
+    console.print(
+        "Your own model: package.module:factory --input-shape 1,3,224,224 "
+        "[--input-dtype int64 --input-range 0,30522] [--checkpoint W.pt]",
+        soft_wrap=True,
+    )
 
 
+@grouped
 def profile(
-    model: ModelArg = None,
-    model_opt: ModelOpt = None,
-    input_shape: InputShapeOpt = None,
-    checkpoint: CheckpointOpt = None,
-    input_kind: InputKindOpt = "float",
-    labels: LabelsOpt = False,
+    m: ModelOptions,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile JSON.")] = Path("profile.json"),
     warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed passes; each node's median is kept.")] = 5,
     threads: Annotated[int, typer.Option(min=1, help="torch intra-op threads (1 = what a worker uses).")] = 1,
     top: Annotated[int, typer.Option(min=1, help="Rows in the top-ops table.")] = 10,
+    cache_dir: CacheOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure every operator of MODEL on this machine and write the profile JSON.
 
-    The profile is the interchange format of the design notes: plan with it on any machine.
+    The profile is the interchange format of the design notes: plan with it on any machine. It
+    also replaces the cached profile that plan, run and bench use for MODEL on this host.
     """
+    from edgeweave.cli.inputs import update_cache
     from edgeweave.cost.profiler import profile_graph
-    from edgeweave.graph import capture
+    from edgeweave.cost.store import ProfileSource
+    from edgeweave.zoo import capture_model
 
-    choice = model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind, labels=labels)
+    choice = m.choice()
     with err_console.status(f"building and capturing {choice.spec} ..."):
         spec = choice.load()
         start = time.perf_counter()
-        graph, weights = capture(spec.module, spec.example_input, spec.name)
+        graph, weights = capture_model(spec)
         capture_s = time.perf_counter() - start
     with Progress(
         TextColumn("profiling {task.description}"),
@@ -101,7 +94,12 @@ def profile(
     prof.capture_time_s = capture_s
     out.parent.mkdir(parents=True, exist_ok=True)
     prof.save(out)
-    summary = {**prof.summary(), "capture_time_s": capture_s, "out": str(out)}
+    cached = update_cache(choice, tuple(spec.input_shape), prof, threads, cache_dir)
+    source = ProfileSource.of(prof, "file", out)
+    for warning in source.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    summary = {**prof.summary(), "capture_time_s": capture_s, "out": str(out), "cache": str(cached)}
+    summary["measured"] = {k: v for k, v in source.to_dict().items() if k not in ("kind", "path")}
     fwd = summary["forward_time_s"]
     summary["sum_over_forward"] = summary["total_time_s"] / fwd if fwd else None
     if json_out:
@@ -136,14 +134,15 @@ def print_profile_summary(prof: Profile, summary: dict, top: int) -> None:
             f"{100 * r['share']:.1f}%",
             f"{r['flops'] / 1e9:.3f}",
         )
-    console.print(table)
+    print_table(table)
     fwd = summary["forward_time_s"]
     ratio = f" ({summary['sum_over_forward']:.2f}x of the model's own forward {fwd * 1e3:.1f} ms)" if fwd else ""
     console.print(f"nodes: {summary['nodes']}   sum of node times: {summary['total_time_s'] * 1e3:.1f} ms{ratio}")
     console.print(
         f"FLOPs: {summary['flops'] / 1e9:.2f} G   parameters: {format_bytes(summary['param_bytes'])}   "
-        f"capture: {summary['capture_time_s']:.1f} s   written: {summary['out']}"
+        f"capture: {summary['capture_time_s']:.1f} s"
     )
+    console.print(f"written: {summary['out']}\ncache updated: {summary['cache']}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

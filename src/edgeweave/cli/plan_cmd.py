@@ -4,68 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from edgeweave.cli.common import (
-    CheckpointOpt,
-    InputKindOpt,
-    InputShapeOpt,
-    JsonOpt,
-    LabelsOpt,
-    ModelArg,
-    ModelOpt,
-    console,
-    model_choice,
-    print_json,
-)
-from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster, prepare
-from edgeweave.cli.rate import RateOpt
-from edgeweave.cli.split_options import ChunksOpt, SplitAxisOpt, SplitRatiosOpt, hybrid_options
+from edgeweave.cli.common import JsonOpt, console, err_console, print_json, print_table
+from edgeweave.cli.options import DEFAULT_STRATEGY, ModelOptions, PlanningOptions, StrategyOpt, grouped
 from edgeweave.cost.profile import Profile
 from edgeweave.cost.units import format_bytes
 from edgeweave.plan.ir import Plan
 
-StrategyOpt = Annotated[
-    str,
-    typer.Option(
-        "--strategy",
-        "-s",
-        help="local, offload, neurosurgeon, dads, even, pipedream, pipeline (the exact heterogeneous optimiser), "
-        "tensor (every layer split, gathered after each), hybrid-grid, stream-offload (the frame streamed in "
-        "chunks to the best helper, computed as it arrives) or hybrid.",
-    ),
-]
-ObjectiveOpt = Annotated[
-    str,
-    typer.Option(
-        "--objective",
-        "-O",
-        help="throughput (minimise the bottleneck), latency (one request) or energy (joules per inference).",
-    ),
-]
-EnergyScopeOpt = Annotated[
-    str,
-    typer.Option("--energy-scope", help="Energy to minimise or budget: source (the source device's battery) or total."),
-]
-EnergyBudgetOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--energy-budget",
-        help="With --objective latency/throughput: the best plan using at most this many joules per inference.",
-        show_default=False,
-    ),
-]
-DeadlineOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--deadline",
-        help="With --objective energy: the most frugal plan whose one-request latency is at most this many seconds.",
-        show_default=False,
-    ),
-]
+if TYPE_CHECKING:
+    from edgeweave.cost.store import ProfileSource
 
 
 def plan_summary(plan: Plan, plan_time_s: float | None = None) -> dict[str, Any]:
@@ -83,6 +34,9 @@ def plan_summary(plan: Plan, plan_time_s: float | None = None) -> dict[str, Any]
     }
     if plan.stages is not None:
         out["stages"] = [s.model_dump() for s in plan.stages]
+    source = getattr(plan, "profile_source", None)
+    if source is not None:
+        out["profile"] = source
     if plan_time_s is not None:
         out["plan_time_s"] = plan_time_s
     return out
@@ -113,61 +67,38 @@ def attach_prediction(
     return plan
 
 
+@grouped
 def plan(
-    model: ModelArg = None,
-    model_opt: ModelOpt = None,
-    input_shape: InputShapeOpt = None,
-    checkpoint: CheckpointOpt = None,
-    input_kind: InputKindOpt = "float",
-    labels: LabelsOpt = False,
-    profile: ProfileOpt = None,
-    cluster: ClusterOpt = None,
-    strategy: StrategyOpt = "pipeline",
-    objective: ObjectiveOpt = "throughput",
-    energy_scope: EnergyScopeOpt = "source",
-    energy_budget: EnergyBudgetOpt = None,
-    deadline: DeadlineOpt = None,
-    rate: RateOpt = None,
-    split_ratios: SplitRatiosOpt = None,
-    chunks: ChunksOpt = None,
-    split_axis: SplitAxisOpt = None,
+    m: ModelOptions,
+    p: PlanningOptions,
+    strategy: StrategyOpt = DEFAULT_STRATEGY,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Write the Plan JSON here (for simulate/run).", show_default=False),
     ] = None,
-    cache_dir: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Plan MODEL (or a --profile) on a cluster with one strategy and predict its latency and throughput."""
     from edgeweave.plan.strategies import make_plan
-    from edgeweave.sim.stream import check_rate
 
-    check_rate(rate)
-    split = hybrid_options(split_ratios, chunks, split_axis)
-    choice = model_choice(
-        model, model_opt, input_shape, checkpoint, required=profile is None, input_kind=input_kind, labels=labels
-    )
-    the_cluster = load_cluster(cluster)
+    choice = m.choice(required=p.profile is None)
+    checked = p.check([strategy], has_model=choice is not None)
     graph = None
     if choice is not None:
-        _, graph, _, prof = prepare(choice, profile, cache_dir, no_cache)
+        from edgeweave.cli.inputs import prepare
+
+        ready = prepare(choice, checked.profile, p.profile, p.cache_dir, p.no_cache)
+        graph, prof, source = ready.graph, ready.profile, ready.source
     else:
-        prof = Profile.load(profile)
+        from edgeweave.cost.store import ProfileSource
+
+        prof, source = checked.profile, ProfileSource.of(checked.profile, "file", p.profile)
     started = time.perf_counter()
-    the_plan = make_plan(
-        prof,
-        the_cluster,
-        strategy,
-        objective,
-        graph,
-        energy_scope=energy_scope,
-        energy_budget_j=energy_budget,
-        deadline_s=deadline,
-        hybrid=split,
-    )
+    the_plan = make_plan(prof, checked.cluster, strategy, p.objective, graph, **p.plan_kwargs(strategy, checked.hybrid))
     plan_time = time.perf_counter() - started
-    attach_prediction(the_plan, rate_per_s=rate)
+    attach_prediction(the_plan, rate_per_s=p.rate)
+    with_source(the_plan, source)
+    the_plan.node_modules = node_modules(prof)
     if out is not None:
         the_plan.save(out)
     if json_out:
@@ -182,6 +113,25 @@ def plan(
         )
     if out is not None:
         console.print(f"plan written to {out}")
+
+
+def with_source(the_plan: Plan, source: ProfileSource) -> Plan:
+    """Record in the plan which profile it was made from, and warn (stderr) when that profile is suspect."""
+    the_plan.profile_source = source.to_dict()
+    for warning in source.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    return the_plan
+
+
+def node_modules(prof: Profile) -> list[str]:
+    """Every node's module path ("" where the capture knew none), carried by plans for traces and tables."""
+    return [(n.model_extra or {}).get("module") or "" for n in prof.nodes]
+
+
+def node_label(prof: Profile, index: int) -> str:
+    """A node as a reader knows it: its module path (layer2.0.conv1) when the profile has it, else its name."""
+    node = prof.nodes[index]
+    return (node.model_extra or {}).get("module") or node.name
 
 
 def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
@@ -201,7 +151,7 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
         link_in = cm["link_in_s"][k] if "link_in_s" in cm else t_in
         xfer = next((t for t in the_plan.tasks if t.kind == "transfer" and t.id == f"x{k}"), None)
         first, last = task.nodes[0], task.nodes[-1]
-        span = f"{first}-{last} ({prof.nodes[first].name} .. {prof.nodes[last].name})"
+        span = f"{first}-{last} {node_label(prof, first)} .. {node_label(prof, last)}"
         if len(task.nodes) != last - first + 1:
             span = f"{len(task.nodes)} nodes in {first}-{last}"
         table.add_row(
@@ -213,7 +163,7 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
             format_bytes(xfer.bytes) if xfer else "-",
             f"{format_bytes(task.memory_bytes)} / {mem_cap.get(task.device, '?')}",
         )
-    console.print(table)
+    print_table(table)
     if cm.get("output_s", 0) > 0:
         console.print(f"output back to {the_plan.source}: {cm['output_s'] * 1e3:.2f} ms")
     p = the_plan.predicted
@@ -230,6 +180,11 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
         console.print(f"predicted energy: unknown ({p['energy_note']})")
     for note in the_plan.notes:
         console.print(f"[yellow]note:[/] {note}")
+    source = getattr(the_plan, "profile_source", None)
+    if source is not None:
+        from edgeweave.cost.store import ProfileSource
+
+        console.print(ProfileSource(**source).describe(), soft_wrap=True)
 
 
 def _mark(value: float, bottleneck: float, busy: float | None = None) -> str:

@@ -1,75 +1,169 @@
-"""`edgeweave run`, `edgeweave bench` and `edgeweave worker`: execute plans for real."""
+"""`edgeweave run`, `edgeweave bench` and `edgeweave worker`: execute plans for real.
+
+`run` is `bench` with one strategy: both take the same option groups (cli/options.py) and go
+through `run_strategies`, which checks every cheap option, then builds the model once, plans
+every strategy (a bad name fails before anything starts), warns about what this machine cannot
+emulate, and runs each plan.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import os
+import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 
-from edgeweave.cli.common import (
-    CheckpointOpt,
-    InputKindOpt,
-    InputShapeOpt,
-    JsonOpt,
-    LabelsOpt,
-    ModelArg,
-    ModelChoice,
-    ModelOpt,
-    console,
-    err_console,
-    model_choice,
-    print_json,
-)
-from edgeweave.cli.inputs import CacheOpt, ClusterOpt, NoCacheOpt, ProfileOpt, load_cluster, prepare
-from edgeweave.cli.plan_cmd import (
-    DeadlineOpt,
-    EnergyBudgetOpt,
-    EnergyScopeOpt,
-    ObjectiveOpt,
+from edgeweave.cli.common import JsonOpt, ModelChoice, console, err_console, print_json
+from edgeweave.cli.options import (
+    DEFAULT_STRATEGY,
+    ExecutionOptions,
+    ModelOptions,
+    PlanningOptions,
+    StrategiesOpt,
     StrategyOpt,
-    attach_prediction,
+    grouped,
 )
-from edgeweave.cli.rate import RateOpt
-from edgeweave.cli.resilience_opts import AdaptOpt, FaultOpt, print_recovery, resilience
-from edgeweave.cli.split_options import ChunksOpt, SplitAxisOpt, SplitRatiosOpt, hybrid_options
+from edgeweave.cli.report import plan_key, print_comparison, print_run, print_summary
+from edgeweave.cli.resilience_opts import print_recovery
 from edgeweave.errors import UserError
 
-RequestsOpt = Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests to stream (after warm-up).")]
-LinksOpt = Annotated[
-    str,
-    typer.Option(
-        "--links", help="shaper (in-process token bucket, default) or netns (Linux namespaces + tc, root only)."
-    ),
-]
-OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for the measured trace and timeline.")]
-InflightOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-inflight",
-        min=1,
-        help="Requests in the system at once [default: one per plan task + 1].",
-        show_default=False,
-    ),
-]
-TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", min=0.1, help="Seconds to wait for a worker.")]
-KeysOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--keys",
-        help="Keys folder from `edgeweave keys`: every connection is then authenticated and encrypted (CURVE). "
-        "Required when a device has a non-loopback address.",
-        show_default=False,
-    ),
-]
+BENCH_STRATEGIES = "local,offload,neurosurgeon,pipeline"
+
+
+@grouped
+def run(
+    m: ModelOptions,
+    p: PlanningOptions,
+    e: ExecutionOptions,
+    strategy: StrategyOpt = DEFAULT_STRATEGY,
+    json_out: JsonOpt = False,
+) -> None:
+    """Execute MODEL on the cluster for real: one worker process per device, measured vs predicted."""
+    results = run_strategies(m.choice(), p, e, [strategy], quiet=json_out)
+    if json_out:
+        print_json(results[0])
+    else:
+        print_run(results[0])
+        print_recovery(results[0], console)
+
+
+@grouped
+def bench(
+    m: ModelOptions,
+    p: PlanningOptions,
+    e: ExecutionOptions,
+    strategies: StrategiesOpt = BENCH_STRATEGIES,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run several strategies for real, one after another in one process tree, and compare them."""
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    results = run_strategies(m.choice(), p, e, names, quiet=json_out)
+    if json_out:
+        print_json(results)
+    else:
+        print_comparison(results)
+        print_summary(results)
+
+
+def emulation_warnings(plan: Any, cluster: Any, cores: int | None = None) -> list[str]:
+    """Warnings for devices this machine cannot emulate faithfully, with the distortion to expect.
+
+    Emulated devices are worker processes on this host, slowed to their `speed`; a device faster
+    than this machine (speed > 1) computes at this machine's speed instead, and devices that
+    compute at once share its cores. Both make measurements slower than predictions, silently
+    unless said here (a small ViT on home-4 measured 0.42x its predicted throughput).
+    """
+    cores = cores or os.cpu_count() or 1
+    computing = sorted({t.device for t in plan.tasks if t.kind == "compute"})
+    out = []
+    fast = {d: cluster.devices[d].speed for d in computing if d in cluster.devices and cluster.devices[d].speed > 1}
+    for device, speed in fast.items():
+        out.append(
+            f"{plan.strategy}: device {device} has speed {speed:g}, faster than this machine can emulate: "
+            f"its tasks will take up to {speed:g}x their predicted time"
+        )
+    total = sum(min(cluster.devices[d].speed, 1.0) for d in computing if d in cluster.devices)
+    if len(computing) > 1 and total > cores:
+        out.append(
+            f"{plan.strategy}: devices {', '.join(computing)} compute at once with speeds summing to {total:.2f} "
+            f"on {cores} cores: expect up to {total / cores:.1f}x slower compute and lower throughput than predicted"
+        )
+    return out
+
+
+def run_strategies(
+    choice: ModelChoice | None,
+    p: PlanningOptions,
+    e: ExecutionOptions,
+    names: list[str],
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    """Check every option, build and profile the model once, plan every strategy, then run each for real."""
+    from edgeweave.cli.inputs import prepare
+    from edgeweave.cli.plan_cmd import attach_prediction, node_modules, with_source
+    from edgeweave.plan.strategies import make_plan
+
+    assert choice is not None
+    checked = p.check(names, has_model=True)
+    resilience = e.check()
+    ready = prepare(choice, checked.profile, p.profile, p.cache_dir, p.no_cache)
+    plans = []
+    for name in names:
+        the_plan = make_plan(
+            ready.profile, checked.cluster, name, p.objective, ready.graph, **p.plan_kwargs(name, checked.hybrid)
+        )
+        the_plan = with_source(attach_prediction(the_plan, e.requests, e.max_inflight, p.rate), ready.source)
+        the_plan.node_modules = node_modules(ready.profile)
+        plans.append(the_plan)
+    for the_plan in plans:
+        for warning in emulation_warnings(the_plan, checked.cluster):
+            err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    replan = _replanner(ready, p, checked) if resilience is not None else None
+    results = []
+    for the_plan in plans:
+        result = execute(
+            the_plan,
+            checked.cluster,
+            ready,
+            e,
+            show_progress=not quiet,
+            rate_per_s=p.rate,
+            resilience=resilience,
+            replan=replan,
+        )
+        result["profile"] = ready.source.to_dict()
+        result["plan_key"] = plan_key(the_plan)
+        result["plan_devices"] = list(dict.fromkeys(t.device for t in the_plan.tasks if t.kind == "compute"))
+        results.append(result)
+    return results
+
+
+def _replanner(ready: Any, p: PlanningOptions, checked: Any) -> Any:
+    """`strategy -> (cluster -> Plan)`: the planner a resilient run calls after a failure or a
+    bandwidth change, with every planning option the first plan was made with."""
+    from edgeweave.plan.band import SegmentGeometry
+    from edgeweave.plan.strategies import make_plan
+
+    geometry = SegmentGeometry(ready.profile, ready.graph)  # kept: re-plans take ~0.1 s
+
+    def for_strategy(strategy: str) -> Any:
+        def replan(cluster: Any) -> Any:
+            kwargs = p.plan_kwargs(strategy, checked.hybrid)
+            return make_plan(ready.profile, cluster, strategy, p.objective, ready.graph, geometry=geometry, **kwargs)
+
+        return replan
+
+    return for_strategy
 
 
 @contextlib.contextmanager
-def emulated_links(mode: str, cluster, plan, every_device: bool = False):
+def emulated_links(mode: str, cluster: Any, plan: Any, every_device: bool = False) -> Iterator[Any]:
     """Nothing for the in-process shaper; namespaces shaped by tc for `netns` (removed on exit)."""
     if mode == "shaper":
         yield None
@@ -85,19 +179,41 @@ def emulated_links(mode: str, cluster, plan, every_device: bool = False):
         yield net
 
 
+def safe_name(text: str) -> str:
+    """A file-name piece from a model or strategy name: `pkg.mod:factory` -> `pkg.mod-factory`."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.")
+    return cleaned[:80] or "model"
+
+
+def reserve(folder: Path, stem: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """Paths `folder/stem-<time>[-k]<suffix>` that no other run holds: each is created empty with
+    O_EXCL, so two runs started at once (or one after another) never write over each other."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):
+        base = f"{stem}-{stamp}" if k == 1 else f"{stem}-{stamp}-{k}"
+        paths = [folder / f"{base}{suffix}" for suffix in suffixes]
+        taken: list[Path] = []
+        try:
+            for path in paths:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                taken.append(path)
+            return paths
+        except FileExistsError:
+            for path in taken:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise UserError(f"{folder}: cannot write there: {exc.strerror or exc}") from exc
+    raise UserError(f"{folder}: too many runs named {stem} this second")
+
+
 def execute(
-    plan,
-    cluster,
-    graph,
-    weights,
+    plan: Any,
+    cluster: Any,
+    ready: Any,
+    e: ExecutionOptions,
     *,
-    requests: int,
-    links: str,
-    out: Path,
-    max_inflight,
-    connect_timeout,
     show_progress: bool,
-    keys: Path | None = None,
     rate_per_s: float | None = None,
     resilience: Any = None,
     replan: Any = None,
@@ -105,17 +221,23 @@ def execute(
     from edgeweave.runtime.measure import RunConfig, run_plan
     from edgeweave.runtime.session import SessionOptions
 
-    stem = f"{plan.model}-{plan.strategy}"
+    trace, timeline = reserve(
+        e.out, f"{safe_name(plan.model)}-{safe_name(plan.strategy)}", ("-trace.json", "-timeline.png")
+    )
     config = RunConfig(
-        requests=requests,
-        trace=out / f"{stem}-trace.json",
-        timeline=out / f"{stem}-timeline.png",
-        options=SessionOptions(connect_timeout_s=connect_timeout, max_inflight=max_inflight, links=links, keys=keys),
+        requests=e.requests,
+        trace=trace,
+        timeline=timeline,
+        options=SessionOptions(
+            connect_timeout_s=e.connect_timeout, max_inflight=e.max_inflight, links=e.links, keys=e.keys
+        ),
         rate_per_s=rate_per_s,
         replan=replan(plan.strategy) if replan is not None else None,
         resilience=resilience,
+        input_range=ready.spec.input_range,
     )
-    with emulated_links(links, cluster, plan, every_device=replan is not None) as net:
+    graph, weights = ready.graph, ready.weights
+    with emulated_links(e.links, cluster, plan, every_device=replan is not None) as net:
         if not show_progress:
             return run_plan(plan, cluster, graph, weights, config, netns=net)
         with Progress(
@@ -125,7 +247,7 @@ def execute(
             console=err_console,
             transient=True,
         ) as bar:
-            task = bar.add_task("", total=requests)
+            task = bar.add_task("", total=e.requests)
             return run_plan(
                 plan,
                 cluster,
@@ -135,342 +257,6 @@ def execute(
                 netns=net,
                 progress=lambda done, total: bar.update(task, completed=done),
             )
-
-
-def run(
-    model: ModelArg = None,
-    model_opt: ModelOpt = None,
-    input_shape: InputShapeOpt = None,
-    checkpoint: CheckpointOpt = None,
-    input_kind: InputKindOpt = "float",
-    labels: LabelsOpt = False,
-    profile: ProfileOpt = None,
-    cluster: ClusterOpt = None,
-    strategy: StrategyOpt = "pipeline",
-    objective: ObjectiveOpt = "throughput",
-    energy_scope: EnergyScopeOpt = "source",
-    energy_budget: EnergyBudgetOpt = None,
-    deadline: DeadlineOpt = None,
-    rate: RateOpt = None,
-    split_ratios: SplitRatiosOpt = None,
-    chunks: ChunksOpt = None,
-    split_axis: SplitAxisOpt = None,
-    adapt: AdaptOpt = False,
-    fault: FaultOpt = None,
-    requests: RequestsOpt = 20,
-    links: LinksOpt = "shaper",
-    out: OutDirOpt = Path("out/run"),
-    max_inflight: InflightOpt = None,
-    connect_timeout: TimeoutOpt = 5.0,
-    keys: KeysOpt = None,
-    cache_dir: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Execute MODEL on the cluster for real: one worker process per device, measured vs predicted."""
-    request = RunRequest(
-        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind, labels=labels),
-        profile,
-        cluster,
-        objective,
-        requests,
-        links,
-        out,
-        max_inflight,
-        connect_timeout,
-        keys,
-        cache_dir,
-        no_cache,
-        energy_scope=energy_scope,
-        energy_budget_j=energy_budget,
-        deadline_s=deadline,
-        rate_per_s=rate,
-        hybrid=hybrid_options(split_ratios, chunks, split_axis),
-        resilience=resilience(adapt, fault),
-    )
-    results = run_strategies(request, [strategy], quiet=json_out)
-    if json_out:
-        print_json(results[0])
-    else:
-        print_run(results[0])
-        print_recovery(results[0], console)
-
-
-def bench(
-    model: ModelArg = None,
-    model_opt: ModelOpt = None,
-    input_shape: InputShapeOpt = None,
-    checkpoint: CheckpointOpt = None,
-    input_kind: InputKindOpt = "float",
-    labels: LabelsOpt = False,
-    profile: ProfileOpt = None,
-    cluster: ClusterOpt = None,
-    strategies: Annotated[
-        str, typer.Option("--strategies", help="Comma-separated strategies to run side by side.")
-    ] = "local,offload,neurosurgeon,pipeline",
-    objective: ObjectiveOpt = "latency",
-    energy_scope: EnergyScopeOpt = "source",
-    energy_budget: EnergyBudgetOpt = None,
-    deadline: DeadlineOpt = None,
-    rate: RateOpt = None,
-    split_ratios: SplitRatiosOpt = None,
-    chunks: ChunksOpt = None,
-    split_axis: SplitAxisOpt = None,
-    adapt: AdaptOpt = False,
-    fault: FaultOpt = None,
-    requests: RequestsOpt = 20,
-    links: LinksOpt = "shaper",
-    out: OutDirOpt = Path("out/bench"),
-    max_inflight: InflightOpt = None,
-    connect_timeout: TimeoutOpt = 5.0,
-    keys: KeysOpt = None,
-    cache_dir: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Run several strategies for real, one after another in one process tree, and compare them."""
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
-    request = RunRequest(
-        model_choice(model, model_opt, input_shape, checkpoint, input_kind=input_kind, labels=labels),
-        profile,
-        cluster,
-        objective,
-        requests,
-        links,
-        out,
-        max_inflight,
-        connect_timeout,
-        keys,
-        cache_dir,
-        no_cache,
-        energy_scope=energy_scope,
-        energy_budget_j=energy_budget,
-        deadline_s=deadline,
-        rate_per_s=rate,
-        hybrid=hybrid_options(split_ratios, chunks, split_axis),
-        resilience=resilience(adapt, fault),
-    )
-    results = run_strategies(request, names, quiet=json_out)
-    if json_out:
-        print_json(results)
-    else:
-        print_comparison(results)
-
-
-@dataclass
-class RunRequest:
-    """Everything `run` and `bench` were asked, gathered once."""
-
-    choice: ModelChoice
-    profile: Path | None
-    cluster: Path | None
-    objective: str
-    requests: int
-    links: str
-    out: Path
-    max_inflight: int | None
-    connect_timeout: float
-    keys: Path | None
-    cache_dir: Path | None
-    no_cache: bool
-    energy_scope: str = "source"  # energy-aware planning (plan/energy.py)
-    energy_budget_j: float | None = None
-    deadline_s: float | None = None
-    rate_per_s: float | None = None  # camera frames per second (None: every request ready at once)
-    resilience: Any = None  # --adapt / --fault: ResilienceOptions (re-plan, recover, replay)
-    hybrid: Any = None  # --split-ratios / --chunks / --split-axis: HybridOptions for the hybrid strategy
-
-
-def run_strategies(req: RunRequest, names: list[str], quiet: bool) -> list[dict[str, Any]]:
-    """Plan every strategy first (a bad name fails before anything starts), then run each for real."""
-    from edgeweave.plan.strategies import make_plan
-    from edgeweave.sim.stream import check_rate
-
-    check_rate(req.rate_per_s)
-    the_cluster = load_cluster(req.cluster)
-    if req.links not in ("shaper", "netns"):
-        raise UserError(f"unknown --links {req.links!r}: use shaper or netns")
-    if req.keys is not None:  # a broken keys folder fails before minutes of capture and profiling
-        from edgeweave.runtime.security import COORDINATOR, load_keyring
-
-        load_keyring(req.keys, COORDINATOR)
-    _, graph, weights, prof = prepare(req.choice, req.profile, req.cache_dir, req.no_cache)
-    plans = [
-        attach_prediction(
-            make_plan(
-                prof,
-                the_cluster,
-                name,
-                req.objective,
-                graph,
-                energy_scope=req.energy_scope,
-                energy_budget_j=req.energy_budget_j,
-                deadline_s=req.deadline_s,
-                hybrid=req.hybrid if name == "hybrid" else None,
-            ),
-            req.requests,
-            req.max_inflight,
-            req.rate_per_s,
-        )
-        for name in names
-    ]
-    return [
-        execute(
-            p,
-            the_cluster,
-            graph,
-            weights,
-            requests=req.requests,
-            links=req.links,
-            out=req.out,
-            max_inflight=req.max_inflight,
-            connect_timeout=req.connect_timeout,
-            show_progress=not quiet,
-            keys=req.keys,
-            rate_per_s=req.rate_per_s,
-            resilience=req.resilience,
-            replan=_replanner(prof, req, graph) if req.resilience is not None else None,
-        )
-        for p in plans
-    ]
-
-
-def _replanner(prof, req: RunRequest, graph):
-    """`strategy -> (cluster -> Plan)`: the planner a resilient run calls after a failure or a
-    bandwidth change, with every planning option the first plan was made with."""
-    from edgeweave.plan.band import SegmentGeometry
-    from edgeweave.plan.strategies import make_plan
-
-    geometry = SegmentGeometry(prof, graph) if graph is not None else None  # kept: re-plans take ~0.1 s
-
-    def for_strategy(strategy: str):
-        def replan(cluster):
-            return make_plan(
-                prof,
-                cluster,
-                strategy,
-                req.objective,
-                graph,
-                energy_scope=req.energy_scope,
-                energy_budget_j=req.energy_budget_j,
-                deadline_s=req.deadline_s,
-                hybrid=req.hybrid if strategy == "hybrid" else None,
-                geometry=geometry,
-            )
-
-        return replan
-
-    return for_strategy
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1e3:.1f} ms"
-
-
-def _joules(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} J"
-
-
-def print_run(r: dict[str, Any]) -> None:
-    p = r["predicted"]
-    table = Table(
-        title=f"{r['model']} {r['strategy']} ({r['objective']}): {r['requests']} requests, measured vs predicted"
-    )
-    for col in ("", "measured", "predicted", "measured / predicted"):
-        table.add_column(col, justify="left" if not col else "right")
-    fps = p.get("stream") or {}  # frames at --rate: latency from arrival, predicted at the same rate
-    at = f" at {fps['rate_per_s']:g} frames/s" if fps else ""
-    p50 = fps.get("latency_p50_s", p.get("stream_p50_latency_s"))
-    rows = [
-        ("latency, one request alone", r["single_latency_s"], p.get("latency_s")),
-        (f"latency p50 in the stream{at}", r["latency_s"]["p50"], p50),
-        (f"latency p95 in the stream{at}", r["latency_s"]["p95"], fps.get("latency_p95_s")),
-    ]
-    for label, m, pr in rows:
-        table.add_row(label, _ms(m), _ms(pr), f"{m / pr:.2f}" if m and pr else "")
-    tp, pp = r["throughput_per_s"], fps.get("throughput_per_s", p.get("throughput_per_s"))
-    table.add_row("throughput", f"{tp:.2f}/s", f"{pp:.2f}/s" if pp else "-", f"{tp / pp:.2f}" if pp else "")
-    for label, key in (("energy / inference, source", "source_energy_j"), ("energy / inference, all", "energy_j")):
-        m, pr = r.get(key), p.get(key)
-        if m is not None or pr is not None:
-            table.add_row(label, _joules(m), _joules(pr), f"{m / pr:.2f}" if m and pr else "")
-    console.print(table)
-    power = r.get("measured_power") or {}
-    if power.get("available"):
-        console.print(f"host energy measured by {', '.join(power['sensors'])}: {power['host_energy_j']:.2f} J (stream)")
-    elif power:
-        console.print(f"measured energy: {power.get('why')}; energy above is modelled from the measured timeline")
-    dev = Table(title="devices (stream)")
-    for col in ("device", "tasks", "compute", "busy (padded)", "idle", "utilisation"):
-        dev.add_column(col, justify="left" if col == "device" else "right")
-    for name, d in r["devices"].items():
-        dev.add_row(
-            name,
-            str(d["tasks"]),
-            _ms(d["compute_s"]),
-            _ms(d["busy_s"]),
-            _ms(d["idle_s"]),
-            f"{100 * d['utilisation']:.0f}%",
-        )
-    console.print(dev)
-    if r["links"]:
-        links = Table(title="links (measured at the receiver)")
-        for col in ("link", "transfers", "bytes", "busy"):
-            links.add_column(col, justify="left" if col == "link" else "right")
-        for name, link in r["links"].items():
-            links.add_row(name, str(link["transfers"]), f"{link['bytes'] / 2**20:.2f} MiB", _ms(link["busy_s"]))
-        console.print(links)
-    over = {name: d["overruns"] for name, d in r["devices"].items() if d.get("overruns")}
-    if over:
-        console.print(
-            "[yellow]warning:[/] compute ran past the emulated device time ("
-            + ", ".join(f"{n}: {k} tasks" for n, k in over.items())
-            + "): this machine is too busy to emulate these devices faithfully; use fewer or slower devices"
-        )
-    verdict = "[green]exact[/]" if r["correct"] else "[red]WRONG[/]"
-    console.print(
-        f"outputs vs single-device execution: {verdict} (max abs err {r['max_abs_err']:.2e})   "
-        f"trace: {r.get('trace')}   timeline: {r.get('timeline')}"
-    )
-
-
-def print_comparison(results: list[dict[str, Any]], title: str | None = None) -> None:
-    """Strategies side by side; with local or offload among them, how each compares to the better of the two."""
-    singles = [r["single_latency_s"] for r in results if r["strategy"] in ("local", "offload")]
-    best = min(singles) if singles else None
-    table = Table(title=title or f"{results[0]['model']}: strategies run for real")
-    columns = [
-        "strategy",
-        "latency (pred)",
-        "latency (meas)",
-        "p50 stream",
-        "throughput (pred)",
-        "throughput (meas)",
-        "source J (pred)",
-        "source J (meas)",
-        "exact?",
-    ]
-    if best is not None:
-        columns.insert(3, "vs best of local/offload")
-    for col in columns:
-        table.add_column(col, justify="left" if col == "strategy" else "right")
-    for r in results:
-        p = r["predicted"]
-        row = [
-            r["strategy"],
-            _ms(p.get("latency_s")),
-            _ms(r["single_latency_s"]),
-            _ms(r["latency_s"]["p50"]),
-            f"{p.get('throughput_per_s', 0):.2f}/s",
-            f"{r['throughput_per_s']:.2f}/s",
-            _joules(p.get("source_energy_j")),
-            _joules(r.get("source_energy_j")),
-            "yes" if r["correct"] else "NO",
-        ]
-        if best is not None:
-            row.insert(3, f"{best / r['single_latency_s']:.2f}x")
-        table.add_row(*row)
-    console.print(table)
 
 
 def worker(

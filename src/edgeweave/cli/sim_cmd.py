@@ -11,12 +11,13 @@ import typer
 from rich.table import Table
 
 from edgeweave import sim
-from edgeweave.cli.common import JsonOpt, console, print_json
+from edgeweave.cli.common import JsonOpt, console, print_json, print_table
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.units import format_bytes, format_duration
 from edgeweave.errors import UserError
 from edgeweave.plan.ir import Plan
 from edgeweave.sim.energy import predict_energy
+from edgeweave.trace import task_labels
 
 
 def simulate(
@@ -60,7 +61,9 @@ def simulate(
     if timeline is not None:
         written["timeline"] = str(_write(lambda: sim.draw_timeline(result, timeline, title=title), timeline))
     if trace is not None:
-        written["trace"] = str(_write(lambda: sim.write_trace(result, trace, name=title), trace))
+        written["trace"] = str(
+            _write(lambda: sim.write_trace(result, trace, name=title, labels=task_labels(loaded)), trace)
+        )
     if json_out:
         print_json(
             {
@@ -127,7 +130,7 @@ def _print_tables(result: sim.SimResult, predicted: dict[str, Any], title: str) 
     )
     summary.add_row("makespan", format_duration(result.makespan_s), "")
     summary.add_row("max in flight", str(result.max_inflight), "")
-    console.print(summary)
+    print_table(summary)
 
     devices = Table(title="Devices")
     for col in ("device", "tasks", "busy", "utilisation", "idle"):
@@ -136,7 +139,7 @@ def _print_tables(result: sim.SimResult, predicted: dict[str, Any], title: str) 
         devices.add_row(
             name, str(use.tasks), format_duration(use.busy_s), f"{use.utilisation:.1%}", format_duration(use.idle_s)
         )
-    console.print(devices)
+    print_table(devices)
 
     if result.links:
         links = Table(title="Links (one row per direction)")
@@ -146,7 +149,7 @@ def _print_tables(result: sim.SimResult, predicted: dict[str, Any], title: str) 
             links.add_row(
                 name, str(use.transfers), format_bytes(use.bytes), format_duration(use.busy_s), f"{use.utilisation:.1%}"
             )
-        console.print(links)
+        print_table(links)
 
 
 def register(app: typer.Typer) -> None:

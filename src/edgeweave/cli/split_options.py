@@ -1,4 +1,4 @@
-"""Hand-given split choices for `--strategy hybrid`: --split-ratios, --chunks, --split-axis.
+"""Hand-given split choices for `--strategy hybrid` (--split-ratios, --chunks, --split-axis; declared in options.py).
 
 The planner searches whatever is left open; what is given is checked against the cluster
 (one share per device, shares adding up to 1, ...) and refused in one line when it cannot work.
@@ -7,33 +7,12 @@ The planner searches whatever is left open; what is given is checked against the
 from __future__ import annotations
 
 import math
-from typing import Annotated
-
-import typer
+from typing import Any
 
 from edgeweave.errors import UserError
-from edgeweave.plan.band import HybridOptions
-
-SplitRatiosOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--split-ratios",
-        help="hybrid: each device's share of the split, the source first then the cluster's order "
-        "(e.g. 0.3,0.7); the planner still picks the segment, chunking and where the result is gathered.",
-        show_default=False,
-    ),
-]
-ChunksOpt = Annotated[
-    int | None,
-    typer.Option("--chunks", help="hybrid: stream every band in this many chunks (1-64).", show_default=False),
-]
-SplitAxisOpt = Annotated[
-    str | None,
-    typer.Option("--split-axis", help="hybrid: split feature maps by rows or cols.", show_default=False),
-]
 
 
-def hybrid_options(ratios: str | None, chunks: int | None, axis: str | None) -> HybridOptions | None:
+def hybrid_options(ratios: str | None, chunks: int | None, axis: str | None) -> Any:
     """The options as given, or None when none was; malformed ratios are a one-line error."""
     if ratios is None and chunks is None and axis is None:
         return None
@@ -45,4 +24,6 @@ def hybrid_options(ratios: str | None, chunks: int | None, axis: str | None) -> 
             raise UserError(f"--split-ratios {ratios!r}: give comma-separated numbers such as 0.3,0.7") from None
         if any(not math.isfinite(r) for r in shares):
             raise UserError(f"--split-ratios {ratios!r}: every share must be a finite number")
+    from edgeweave.plan.band import HybridOptions  # the band planner reaches torch: only when asked for
+
     return HybridOptions(ratios=shares, chunks=chunks, axis=axis)

@@ -33,17 +33,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from rich.console import Console
-from rich.table import Table
 
 from edgeweave.cost.linkmodel import link_occupancy_s, transfer_s
 from edgeweave.cost.units import (
     exact_bandwidth,
     exact_bytes,
     exact_duration,
-    format_bandwidth,
-    format_bytes,
-    format_duration,
     parse_bandwidth,
     parse_bytes,
     parse_duration,
@@ -609,7 +604,7 @@ def _link_to_dict(link: Link) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Showing a cluster
+# A cluster as JSON (`edgeweave cluster show` prints it: cli/cluster_cmd.py)
 
 
 def cluster_summary(cluster: Cluster) -> dict[str, Any]:
@@ -633,42 +628,3 @@ def cluster_summary(cluster: Cluster) -> dict[str, Any]:
         for a in names
     }
     return {"name": cluster.name, "source": cluster.source, "devices": devices, "links": links}
-
-
-def _power_cell(power: PowerModel | None) -> str:
-    if power is None:
-        return "-"
-    idle = "?" if power.idle_w is None else f"{power.idle_w:g}"
-    busy = "?" if power.busy_w is None else f"{power.busy_w:g}"
-    return f"{idle} / {busy} W"
-
-
-def _link_cell(link: Link) -> str:
-    return f"{format_bandwidth(link.bandwidth_bps)} / {format_duration(link.latency_s)}"
-
-
-def print_cluster(cluster: Cluster, console: Console) -> None:
-    """A device table (the source marked) and a from/to matrix of bandwidth / latency."""
-    title = f"Cluster {cluster.name}" if cluster.name else "Cluster"
-    devices = Table(title=title)
-    for column in ("device", "speed", "memory", "power idle / busy", "address"):
-        devices.add_column(column, justify="right" if column in ("speed", "memory") else "left")
-    for name, device in cluster.devices.items():
-        label = f"{name} (source)" if name == cluster.source else name
-        devices.add_row(
-            label,
-            f"{device.speed:g}",
-            format_bytes(device.memory_bytes),
-            _power_cell(device.power),
-            device.address or "-",
-        )
-    console.print(devices)
-
-    matrix = Table(title="Links: bandwidth / latency (rows send to columns)")
-    matrix.add_column("from \\ to")
-    names = cluster.device_names
-    for name in names:
-        matrix.add_column(name)
-    for a in names:
-        matrix.add_row(a, *("-" if a == b else _link_cell(cluster.link(a, b)) for b in names))
-    console.print(matrix)

@@ -1,0 +1,242 @@
+"""How `run`, `bench` and `demo` report: measured against predicted, strategies side by side, and
+a closing summary that tells the story (who won, by how much, why, which strategies agreed).
+
+Two latencies appear everywhere and are defined where they are printed (`LATENCY_TERMS`): a
+frame alone is what one camera frame costs; the stream's p50 counts queueing, and with every
+request sent at once it is about twice the frame's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from edgeweave.cli.common import console, print_table
+
+LATENCY_TERMS = (
+    "frame = median latency of a frame run alone (what one camera frame costs); "
+    "stream p50 = median latency of the {n} requests {how}, queueing included"
+)
+
+
+def latency_terms(r: dict[str, Any]) -> str:
+    fps = (r.get("predicted") or {}).get("stream") or {}
+    how = (
+        f"arriving at {fps['rate_per_s']:g} frames/s, counted from each arrival"
+        if fps
+        else "sent at once (so about twice a frame's latency or more: each waits for those ahead)"
+    )
+    return LATENCY_TERMS.format(n=r["requests"], how=how)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.1f} ms"
+
+
+def _num_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.1f}"
+
+
+def _joules(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} J"
+
+
+def print_run(r: dict[str, Any]) -> None:
+    p = r["predicted"]
+    table = Table(
+        title=f"{r['model']} {r['strategy']} ({r['objective']}): {r['requests']} requests, measured vs predicted"
+    )
+    for col in ("", "measured", "predicted", "meas / pred"):
+        table.add_column(col, justify="left" if not col else "right")
+    fps = p.get("stream") or {}  # frames at --rate: latency from arrival, predicted at the same rate
+    at = f" at {fps['rate_per_s']:g}/s" if fps else ""
+    p50 = fps.get("latency_p50_s", p.get("stream_p50_latency_s"))
+    rows = [
+        ("latency, frame alone", r["single_latency_s"], p.get("latency_s")),
+        (f"latency, stream p50{at}", r["latency_s"]["p50"], p50),
+        (f"latency, stream p95{at}", r["latency_s"]["p95"], fps.get("latency_p95_s")),
+    ]
+    for label, m, pr in rows:
+        table.add_row(label, _ms(m), _ms(pr), f"{m / pr:.2f}" if m and pr else "")
+    tp, pp = r["throughput_per_s"], fps.get("throughput_per_s", p.get("throughput_per_s"))
+    table.add_row("throughput", f"{tp:.2f}/s", f"{pp:.2f}/s" if pp else "-", f"{tp / pp:.2f}" if pp else "")
+    for label, key in (("energy/inference, source", "source_energy_j"), ("energy/inference, all", "energy_j")):
+        m, pr = r.get(key), p.get(key)
+        if m is not None or pr is not None:
+            table.add_row(label, _joules(m), _joules(pr), f"{m / pr:.2f}" if m and pr else "")
+    print_table(table)
+    console.print(latency_terms(r), soft_wrap=True)
+    power = r.get("measured_power") or {}
+    if power.get("available"):
+        console.print(f"host energy measured by {', '.join(power['sensors'])}: {power['host_energy_j']:.2f} J (stream)")
+    elif power:
+        console.print(f"measured energy: {power.get('why')}; energy above is modelled from the measured timeline")
+    dev = Table(title="devices (stream)")
+    for col in ("device", "tasks", "compute", "busy (padded)", "idle", "use"):
+        dev.add_column(col, justify="left" if col == "device" else "right")
+    for name, d in r["devices"].items():
+        dev.add_row(
+            name,
+            str(d["tasks"]),
+            _ms(d["compute_s"]),
+            _ms(d["busy_s"]),
+            _ms(d["idle_s"]),
+            f"{100 * d['utilisation']:.0f}%",
+        )
+    print_table(dev)
+    if r["links"]:
+        links = Table(title="links (measured at the receiver)")
+        for col in ("link", "transfers", "bytes", "busy"):
+            links.add_column(col, justify="left" if col == "link" else "right")
+        for name, link in r["links"].items():
+            links.add_row(name, str(link["transfers"]), f"{link['bytes'] / 2**20:.2f} MiB", _ms(link["busy_s"]))
+        print_table(links)
+    print_overruns([r])
+    verdict = "[green]exact[/]" if r["correct"] else "[red]WRONG[/]"
+    console.print(f"outputs vs single-device execution: {verdict} (max abs err {r['max_abs_err']:.2e})")
+    console.print(f"trace: {r.get('trace')}\ntimeline: {r.get('timeline')}", soft_wrap=True)
+
+
+def print_overruns(results: list[dict[str, Any]]) -> None:
+    """After a run: name the devices whose compute ran past their emulated time."""
+    for r in results:
+        over = {name: d["overruns"] for name, d in r["devices"].items() if d.get("overruns")}
+        if over:
+            console.print(
+                f"[yellow]warning:[/] {r['strategy']}: compute ran past the emulated device time ("
+                + ", ".join(f"{n}: {k} tasks" for n, k in over.items())
+                + "): this machine was too busy to emulate these devices faithfully; measured times are inflated",
+                soft_wrap=True,
+            )
+
+
+def print_comparison(results: list[dict[str, Any]], title: str | None = None) -> None:
+    """Strategies side by side: measured (and predicted) frame latency, stream latency, throughput, energy.
+
+    Eight narrow columns with two-line headers and no vertical rules fit 80 columns on a
+    terminal; in a pipe the table is markdown (see `print_table`).
+    """
+    energy = any(r.get("source_energy_j") is not None for r in results)
+    table = Table(
+        title=title or f"{results[0]['model']}: strategies run for real",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        title_justify="left",
+    )
+    columns = ["strategy", "frame\nms", "frame\npred", "stream\np50 ms", "frames/s", "frames/s\npred"]
+    if energy:
+        columns.append("source J")
+    columns.append("exact")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for r in results:
+        p = r["predicted"]
+        row = [
+            r["strategy"],
+            _num_ms(r["single_latency_s"]),
+            _num_ms(p.get("latency_s")),
+            _num_ms(r["latency_s"]["p50"]),
+            f"{r['throughput_per_s']:.2f}",
+            f"{p.get('throughput_per_s', 0):.2f}",
+        ]
+        if energy:
+            row.append("-" if r.get("source_energy_j") is None else f"{r['source_energy_j']:.3f}")
+        row.append("yes" if r["correct"] else "NO")
+        table.add_row(*row)
+    print_table(table)
+    console.print(latency_terms(results[0]), soft_wrap=True)
+    print_overruns(results)
+
+
+# --------------------------------------------------------------------------- the closing summary
+
+
+def plan_shape(r: dict[str, Any]) -> str:
+    """A plan in a few words: "all on server", "split over robot, server"."""
+    devices = r.get("plan_devices") or [d for d, v in r["devices"].items() if v.get("tasks")]
+    if len(devices) == 1:
+        return f"all on {devices[0]}"
+    return f"split over {', '.join(devices)}"
+
+
+def plan_key(plan: Any) -> str:
+    """Equal for two plans that place and move the same work (whatever strategy made them)."""
+    import hashlib
+
+    parts = [
+        f"c {t.device} {t.nodes} {t.region}" if t.kind == "compute" else f"x {t.src} {t.dst} {t.bytes}"
+        for t in plan.tasks
+    ]
+    return hashlib.sha1("\n".join(sorted(parts)).encode()).hexdigest()[:12]
+
+
+def _bound(r: dict[str, Any]) -> str:
+    """Why a run measured what it did: the busiest resource of its stream, and a frame's split
+    between links and compute."""
+    n = max(r["requests"], 1)
+    busiest = max(
+        [(d["compute_s"], f"device {name} computing") for name, d in r["devices"].items()]
+        + [(link["busy_s"], f"link {name} sending") for name, link in r["links"].items()],
+        default=(0.0, "nothing"),
+    )
+    link_ms = sum(link["busy_s"] for link in r["links"].values()) / n * 1e3
+    compute_ms = sum(d["compute_s"] for d in r["devices"].values()) / n * 1e3
+    kind = "link-bound" if link_ms > compute_ms else "compute-bound"
+    return (
+        f"{kind}: per frame {link_ms:.1f} ms on links, {compute_ms:.1f} ms computing; "
+        f"the stream's busiest resource is {busiest[1]}"
+    )
+
+
+def summary_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Who won, by how much and why, and which strategies chose the same plan (plain text)."""
+    if not results:
+        return []
+    objective = results[0].get("objective", "latency")
+    exact = [r for r in results if r["correct"]]
+    pool = exact or results
+    if objective == "throughput":
+        ranked = sorted(pool, key=lambda r: -r["throughput_per_s"])
+        best = ranked[0]
+        score = f"{best['throughput_per_s']:.2f} frames/s"
+
+        def versus(r: dict[str, Any]) -> str:
+            return f"{best['throughput_per_s'] / max(r['throughput_per_s'], 1e-12):.2f}x {r['strategy']}"
+    else:
+        ranked = sorted(pool, key=lambda r: r["single_latency_s"])
+        best = ranked[0]
+        score = f"{best['single_latency_s'] * 1e3:.1f} ms per frame"
+
+        def versus(r: dict[str, Any]) -> str:
+            return f"{r['single_latency_s'] / best['single_latency_s']:.2f}x faster than {r['strategy']}"
+
+    lines = [f"winner ({objective}): {best['strategy']}, {score}, {plan_shape(best)}"]
+    others = [r for r in ranked[1:] if r.get("plan_key") != best.get("plan_key")]
+    beaten = []
+    if others:
+        beaten.append(versus(others[0]) + f" ({plan_shape(others[0])})")
+    local = next((r for r in ranked if r["strategy"] == "local"), None)
+    if local is not None and local is not best and (not others or local is not others[0]):
+        beaten.append(versus(local))
+    if beaten:
+        lines.append("  by " + "; ".join(beaten))
+    lines.append(f"  why: {_bound(best)}")
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        groups.setdefault(r.get("plan_key") or r["strategy"], []).append(r["strategy"])
+    same = [names for names in groups.values() if len(names) > 1]
+    for names in same:
+        shape = plan_shape(next(r for r in results if r["strategy"] == names[0]))
+        lines.append(f"  same plan ({shape}): {', '.join(names)}; their differences are measurement noise")
+    wrong = [r["strategy"] for r in results if not r["correct"]]
+    if wrong:
+        lines.append(f"  WRONG outputs (not ranked): {', '.join(wrong)}")
+    return lines
+
+
+def print_summary(results: list[dict[str, Any]]) -> None:
+    lines = summary_lines(results)
+    if lines:
+        console.print("\n".join(lines), soft_wrap=True, markup=False, highlight=False)
