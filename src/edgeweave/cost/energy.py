@@ -42,13 +42,6 @@ from typing import Any
 from edgeweave.cost.cluster import Cluster, PowerModel
 from edgeweave.errors import UserError
 
-# Where the default radio figures come from, reported with every energy number.
-RADIO_SOURCE = (
-    "WiFi radio P = 0.283 W/Mbps x rate + 0.133 W (uplink fit; downlink is 0.137 W/Mbps) from Huang et al., "
-    "'A Close Examination of Performance and Power Characteristics of 4G LTE Networks', MobiSys 2012; "
-    "override per device with power.radio_w_per_mbps / radio_rx_w_per_mbps / radio_base_w"
-)
-
 
 @dataclass(frozen=True)
 class DeviceEnergy:

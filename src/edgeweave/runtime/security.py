@@ -240,12 +240,6 @@ def stop_authenticator(ctx: zmq.Context) -> None:
         entry[1].stop()
 
 
-def has_authenticator(ctx: zmq.Context) -> bool:
-    with _auth_lock:
-        entry = _authenticators.get(id(ctx))
-        return entry is not None and entry[0] is ctx
-
-
 def curve_server(sock: zmq.Socket, keyring: Keyring) -> None:
     """Make a (not yet bound) socket a CURVE server that admits only the keyring's members."""
     start_authenticator(sock.context, keyring)
