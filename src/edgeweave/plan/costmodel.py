@@ -23,7 +23,6 @@ import numpy as np
 
 from edgeweave.cost.cluster import Cluster
 from edgeweave.cost.profile import Profile
-from edgeweave.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -165,18 +164,8 @@ class PipelineModel:
         latency = sum([*compute, *transfer_in, output])
         return StageCosts(compute, transfer_in, output, memory, bottleneck, latency, fits, link_in, output_link)
 
-    def transfer_matrix(self, cut: int) -> np.ndarray:
-        """Transfer time (latency + bytes / bandwidth) of cut `cut` for every (from, to) pair; 0 on the diagonal."""
-        t = self.latency + self.cut_bytes[cut] / self.bandwidth
-        np.fill_diagonal(t, 0.0)
-        return t
-
     def occupancy_matrix(self, cut: int) -> np.ndarray:
         """Link occupancy (bytes / bandwidth) of cut `cut` for every (from, to) pair; 0 on the diagonal."""
         t = self.cut_bytes[cut] / self.bandwidth
         np.fill_diagonal(t, 0.0)
         return t
-
-    def require_some_device(self) -> None:
-        if self.num_devices == 0:
-            raise UserError("the cluster has no devices")

@@ -127,11 +127,6 @@ def launch_worker(
     return PendingWorker(device, listen, proc, log.name)
 
 
-def spawn_worker(device: str, listen: str, prefix: list[str] | None = None, timeout_s: float = 60.0) -> LocalWorker:
-    """Start one worker and wait for its READY line."""
-    return launch_worker(device, listen, prefix).wait_ready(timeout_s)
-
-
 def worker_main(argv: list[str]) -> None:
     """Entry of a worker process; SIGTERM ends it quietly.
 
