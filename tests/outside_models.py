@@ -31,3 +31,10 @@ def distilbert() -> nn.Module:
 def channels_mismatch() -> nn.Module:
     """A convolution that wants 4 channels: given 3, the error must say so, not blame control flow."""
     return nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU())
+
+
+def small_cnn() -> nn.Module:
+    """A few convolutions: fast enough to stream many requests in a test."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+    )

@@ -115,11 +115,11 @@ def plan(
         console.print(f"plan written to {out}")
 
 
-def with_source(the_plan: Plan, source: ProfileSource) -> Plan:
+def with_source(the_plan: Plan, source: ProfileSource, warn: bool = True) -> Plan:
     """Record in the plan which profile it was made from, and warn (stderr) when that profile is suspect."""
     the_plan.profile_source = source.to_dict()
-    for warning in source.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    for warning in source.warnings if warn else []:
+        err_console.print(f"[yellow]warning:[/] {warning}")
     return the_plan
 
 

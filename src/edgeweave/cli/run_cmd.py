@@ -118,7 +118,8 @@ def run_strategies(
         the_plan = make_plan(
             ready.profile, checked.cluster, name, p.objective, ready.graph, **p.plan_kwargs(name, checked.hybrid)
         )
-        the_plan = with_source(attach_prediction(the_plan, e.requests, e.max_inflight, p.rate), ready.source)
+        predicted = attach_prediction(the_plan, e.requests, e.max_inflight, p.rate)
+        the_plan = with_source(predicted, ready.source, warn=not plans)  # say it once, not per strategy
         the_plan.node_modules = node_modules(ready.profile)
         plans.append(the_plan)
     for the_plan in plans:
