@@ -68,6 +68,10 @@ class PipelineModel:
     latency: np.ndarray  # seconds, [from, to]; 0 on the diagonal
     allowed: np.ndarray = field(default=None)  # bool, length L + 1: cuts a plan may use
     node_names: list[str] = field(default_factory=list)
+    # [N, L] each node's time on each device, where a device has its own profile (cluster YAML
+    # `profile:`); None: time_s / speed everywhere. Non-proportional: a GPU board speeds up
+    # convolutions far more than element-wise ops, so no single speed describes it.
+    device_times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.times)
@@ -76,6 +80,19 @@ class PipelineModel:
         self.allowed[0] = self.allowed[n] = True
         self.prefix_time = np.concatenate([[0.0], np.cumsum(self.times)])
         self.prefix_params = np.concatenate([[0], np.cumsum(self.params)])
+        if self.device_times is None:
+            per_device = self.times[None, :] / self.speed[:, None]
+        else:
+            per_device = np.asarray(self.device_times, dtype=np.float64)
+            if per_device.shape != (len(self.speed), n):
+                raise ValueError(f"device_times must be [devices, nodes], got {per_device.shape}")
+        self.node_time = per_device  # [N, L]: what compute() sums
+        self.prefix_dev = np.concatenate([np.zeros((len(self.speed), 1)), np.cumsum(per_device, axis=1)], axis=1)
+        # the most reference work (profile time_s) a device does per second on any node: the
+        # capacity bound planners prune with (= speed when times are proportional)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(per_device > 0, self.times[None, :] / per_device, np.where(self.times > 0, np.inf, 0.0))
+        self.bound_speed = ratio.max(axis=1, initial=0.0) if n else self.speed.copy()
 
     @classmethod
     def build(cls, profile: Profile, cluster: Cluster, devices: list[str] | None = None) -> PipelineModel:
@@ -116,7 +133,14 @@ class PipelineModel:
         return len(self.devices)
 
     def compute(self, start: int, end: int, device: int) -> float:
-        return float(self.prefix_time[end] - self.prefix_time[start]) / float(self.speed[device])
+        if self.device_times is None:  # the same arithmetic as the design notes: sum / speed
+            return float(self.prefix_time[end] - self.prefix_time[start]) / float(self.speed[device])
+        return float(self.prefix_dev[device, end] - self.prefix_dev[device, start])
+
+    def nodes_time(self, nodes, device: int) -> float:
+        """Compute time of any set of nodes (indices or a mask) on `device`: the one place every
+        planner reads per-node times, so per-device profiles reach them all."""
+        return float(self.node_time[device, nodes].sum())
 
     def stage_memory(self, start: int, end: int) -> int:
         return int(self.prefix_params[end] - self.prefix_params[start] + self.out_bytes[start:end].max())
