@@ -15,6 +15,7 @@ runs through the pipeline and must equal single-device execution.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -38,7 +39,9 @@ from edgeweave.runtime.wire import pack, unpack
 BATCH = 200
 EXAMPLES = 520  # x BATCH = 104,000 frames
 RSS_BOUND = 32 << 20  # the worker's growth while under attack, bytes
-BIG = bytes(1 << 20)  # payload source for oversized (but below the frame limit) tensor frames
+# payload source for oversized tensor frames that are still below the frame limit (the deployment's
+# largest tensor or a deploy chunk, 256 KiB, plus CURVE's overhead): frames above it are cut by libzmq
+BIG = bytes(256 << 10)
 
 
 def rss(pid: int) -> int:
@@ -62,7 +65,7 @@ class Target:
         remote = self.session.remotes["b"]
         self.pid = remote.local.proc.pid
         part = split_plan(tiny.plan, tiny.graph)["b"]
-        self.frame_limit = part.frame_limit(tiny.graph, tiny.weights)
+        self.frame_limit = part.frame_limit(tiny.graph)
         ((self.task, specs),) = part.receives(tiny.graph).items()
         (spec,) = specs
         self.value = spec["name"]
@@ -435,3 +438,72 @@ def test_frames_beyond_the_limit_and_raw_garbage_are_cut_below_the_decoder(targe
     assert t.ping()["dropped"] == before  # nothing of that reached the decoder
     assert rss(t.pid) - base_rss < RSS_BOUND
     t.legit(4)
+
+
+# -- whole messages and connections (issue 13, findings 4 and 5) ------------------------------
+def test_a_members_2048_frames_of_a_mib_do_not_grow_the_worker(target: Target) -> None:
+    """The issue's attack: one message of 2,048 frames of 1 MiB from a member's key grew a worker
+    by 2 GB. Its frame limit is now the deployment's largest tensor or a deploy chunk (here 260
+    KiB), so the first frame cuts the connection; and a refused message of many frames that each
+    fit is given back to the kernel once dropped."""
+    t = target
+    base = rss(t.pid)
+    attacker = t.attacker()
+    one_mib = bytes(1 << 20)
+    with contextlib.suppress(zmq.Again):  # Again: the worker cut the connection, nothing more goes out
+        for _ in range(2048):
+            attacker.send(one_mib, zmq.SNDMORE | zmq.NOBLOCK, copy=False)
+        attacker.send(b"", zmq.NOBLOCK)
+    time.sleep(1.0)
+    attacker.close(0)
+    grown = rss(t.pid) - base
+    assert grown < 64 << 20, f"worker grew by {grown / 2**20:.1f} MiB"
+    # frames that each fit (256 KiB): the message is held by libzmq before the worker sees it,
+    # then refused as too large and its memory given back
+    chunk, frames = bytes(256 << 10), 256
+    attacker = t.attacker()
+    attacker.send_multipart([json.dumps(t.header(t.used)).encode(), *[chunk] * frames], copy=False)
+    before = t.ping()["drops"].get("too large", 0)
+    deadline = time.monotonic() + 20
+    while t.ping()["drops"].get("too large", 0) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    attacker.close(0)
+    assert t.ping()["drops"].get("too large", 0) == before + 1
+    after = rss(t.pid) - base
+    print(f"\n2048 x 1 MiB: +{grown / 2**20:.1f} MiB; 256 x 256 KiB held then refused: +{after / 2**20:.1f} MiB after")
+    assert after < 32 << 20, f"worker kept {after / 2**20:.1f} MiB of a refused message"
+    t.legit(2)
+
+
+def _closed_by_peer(conn: socket.socket) -> bool:
+    """Whether the other end closed this connection (after whatever greeting it had sent)."""
+    conn.setblocking(False)
+    try:
+        while conn.recv(4096):
+            pass
+        return True  # end of file
+    except BlockingIOError:  # open, waiting for our greeting
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_beyond_the_per_host_limit_are_closed(target: Target) -> None:
+    """1,100 half-open connections exhausted a worker's descriptors (finding 5): a host now holds
+    at most MAX_CONNECTIONS_PER_HOST, the rest are shut at once, and members are still served."""
+    from edgeweave.runtime.worker import MAX_CONNECTIONS_PER_HOST
+
+    t = target
+    host, port = t.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    conns = [socket.create_connection((host, int(port)), timeout=5) for _ in range(3 * MAX_CONNECTIONS_PER_HOST)]
+    try:
+        t.ping()  # the worker's loop has run: its monitor saw every connection
+        time.sleep(0.5)
+        t.ping()
+        closed = sum(_closed_by_peer(conn) for conn in conns)
+        # the session's own connections (coordinator, source) count towards the host's limit too
+        assert closed >= len(conns) - MAX_CONNECTIONS_PER_HOST, closed
+        t.legit(2)
+    finally:
+        for conn in conns:
+            conn.close()

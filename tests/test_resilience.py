@@ -110,6 +110,97 @@ def test_no_plan_after_loss_fails_those_requests_then_recovers(small) -> None:
             assert torch.equal(y, reference.run(x))
 
 
+def test_a_stalled_request_is_replayed_on_a_fresh_deployment(small) -> None:
+    """Finding 2 in the resilient loop: forged future request ids (the explicit insecure mode
+    lets a local process through) make b refuse the real ones. With every device answering, the
+    request misses its deadline and is replayed under new ids, which the forgeries cannot reach."""
+    import zmq
+
+    from edgeweave.runtime.deploy import split_plan
+    from edgeweave.runtime.wire import pack
+
+    graph, weights, profile = small
+    cluster = _cluster(("a", "b"))
+    replan = _replan(profile, graph)
+    plan = replan(cluster)
+    ((task, (spec, *_)),) = split_plan(plan, graph)["b"].receives(graph).items()
+    value = torch.zeros(spec["shape"])
+    frames = make_inputs(graph, 6, seed=9)
+    reference = GraphRunner(graph, weights)
+    options = SessionOptions(insecure=True, request_timeout_s=1.0)
+    ctx = zmq.Context()
+    try:
+        with ResilientSession(cluster, plan, graph, weights, replan, options) as rs:
+            forger = ctx.socket(zmq.DEALER)
+            forger.connect(rs.remotes["b"].endpoint)
+            for request in range(8):
+                header = {"type": "data", "request": request, "task": task, "values": [spec["name"]], "src": "a"}
+                forger.send_multipart(pack({**header, "t_start": time.time(), "bytes": value.numel() * 4}, [value]))
+            time.sleep(0.5)
+            start = time.monotonic()
+            outputs = rs.infer_many(frames)
+            took = time.monotonic() - start
+            report = rs.report()
+            forger.close(0)
+    finally:
+        ctx.destroy(0)
+    for x, y in zip(frames, outputs, strict=True):
+        assert torch.equal(y, reference.run(x))
+    assert report["failures"][0]["device"] is None and "deadline" in report["failures"][0]["reason"]
+    assert report["replayed"] >= 1 and took < 5.0
+
+
+def test_a_restarted_hand_started_worker_is_greeted_again_and_used(small, tmp_path) -> None:
+    """Finding 6: a worker restarted behind its address was never greeted again (a 120 s stall,
+    then a source-only plan). Its new nonce shows the restart; it is greeted and used again."""
+    import zmq
+
+    from edgeweave.runtime.security import create_keys, load_keyring, stop_authenticator
+    from edgeweave.runtime.worker import Worker
+
+    graph, weights, profile = small
+    keys = tmp_path / "keys"
+    create_keys(keys, ["coordinator", "a", "b"])
+
+    def start_b(endpoint: str) -> tuple[zmq.Context, Worker]:
+        ctx = zmq.Context()
+        worker = Worker("b", endpoint, ctx, keyring=load_keyring(keys, "b"), persistent=True)
+        worker.start_background()
+        return ctx, worker
+
+    def stop_b(ctx: zmq.Context, worker: Worker) -> None:
+        worker.stop()
+        stop_authenticator(ctx)
+        ctx.destroy(0)
+
+    ctx, worker = start_b("tcp://127.0.0.1:*")
+    endpoint = worker.endpoint
+    devices = {"a": {"speed": 1.0, "memory": "1GiB"}, "b": {"speed": 1.0, "memory": "1GiB", "address": endpoint}}
+    cluster = Cluster.from_dict(
+        {"source": "a", "devices": devices, "links": {"default": {"bandwidth": "10Gbps", "latency": "0ms"}}}
+    )
+    replan = _replan(profile, graph)
+    plan = replan(cluster)
+    frames = make_inputs(graph, 40, seed=4)
+    reference = GraphRunner(graph, weights)
+    try:
+        with ResilientSession(cluster, plan, graph, weights, replan, SessionOptions(keys=keys)) as rs:
+            first = rs.infer_many(frames[:10])
+            stop_b(ctx, worker)
+            ctx, worker = start_b(endpoint)  # restarted within milliseconds, same address
+            rest = rs.infer_many(frames[10:])
+            deadline = time.monotonic() + 10
+            while sorted(rs.plan.devices) != ["a", "b"] and time.monotonic() < deadline:
+                rs.infer_many(frames[:2])
+            assert sorted(rs.plan.devices) == ["a", "b"] and worker.deployment is not None
+            failures = rs.report()["failures"]
+    finally:
+        stop_b(ctx, worker)
+    for x, y in zip(frames, first + rest, strict=True):
+        assert torch.equal(y, reference.run(x))
+    assert failures and failures[0]["device"] == "b"
+
+
 # -- estimator and hysteresis ------------------------------------------------------------------
 
 
@@ -256,3 +347,85 @@ def test_plan_cache_reuses_the_nearest_plan_within_a_step() -> None:
     assert plan is made and planned == dict(cache.key(both)[1])
     far, _ = cache.get({("a", "b"): 47e6, ("b", "a"): 200e6}, ("a", "b"))
     assert far is not made and (cache.hits, cache.misses) == (1, 2)
+
+
+def _worker_pids(parent: int, device: str) -> list[int]:
+    """Local worker processes for `device` that `parent` started (`python -m edgeweave.runtime DEVICE ...`)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"edgeweave.runtime" in argv and device.encode() in argv:
+            found.append(int(entry))
+    return found
+
+
+def _connections_in(pid: int) -> int:
+    """Established TCP connections into the port process `pid` listens on (its peers, once deployed)."""
+    import os
+
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        with open("/proc/net/tcp") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return 0
+    ports = {row[1].rsplit(":", 1)[1] for row in rows if row[3] == "0A" and f"socket:[{row[9]}]" in inodes}
+    return sum(1 for row in rows if row[3] == "01" and row[1].rsplit(":", 1)[1] in ports)
+
+
+def test_by_default_a_run_survives_a_worker_killed_from_outside(tmp_path) -> None:
+    """Issue 13, item 6: with default options (no --adapt, no --fault) a worker SIGKILLed in the
+    middle of 400 requests leaves all 400 correct; `recovery` says what happened."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(
+        "source: a\ndevices:\n"
+        + "".join(f"  {d}: {{speed: 1.0, memory: 1GiB}}\n" for d in "abc")
+        + "links:\n  default: {bandwidth: 10Gbps, latency: 0ms}\n"
+    )
+    args = ["run", "test_resilience:small_cnn", "--input-shape", "1,3,16,16", "--cluster", str(cluster)]
+    args += ["--strategy", "even", "--requests", "400", "--rate", "80", "--no-cache", "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from edgeweave.cli import main; main()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids := _worker_pids(proc.pid, "c")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pids, "worker c never started"
+        while _connections_in(pids[0]) < 2 and time.monotonic() < deadline:  # the coordinator's, then b's
+            time.sleep(0.05)
+        time.sleep(1.5)  # deployed, warmed up, in the stream of 400 (5 s at 80 frames/s)
+        os.kill(pids[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    run = json.loads(out)
+    assert run["requests"] == 400 and run["correct"], run["max_abs_err"]
+    rec = run["recovery"]
+    assert rec["enabled"] and [f["device"] for f in rec["failures"]] == ["c"]
+    print(
+        f"\nrecovery: {rec['recovery_s']} s, replayed {rec['replayed']}, detect {rec['failures'][0]['detect_s']:.2f} s"
+    )

@@ -7,11 +7,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from edgeweave.cli import app
 from edgeweave.errors import UserError
 from edgeweave.graph import GraphRunner
 from edgeweave.runtime.measure import RunConfig, make_inputs, run_plan
+from edgeweave.runtime.protocol import deploy_frames
 from edgeweave.runtime.security import (
     check_listen,
     create_keys,
@@ -58,9 +61,9 @@ def keys(tmp_path: Path) -> Path:
 class LiveWorker:
     """An in-process worker serving in a background thread, with its own zmq context."""
 
-    def __init__(self, name: str, keyring=None):
+    def __init__(self, name: str, keyring=None, endpoint: str = "tcp://127.0.0.1:*"):
         self.ctx = zmq.Context()
-        self.worker = Worker(name, "tcp://127.0.0.1:*", self.ctx, keyring=keyring)
+        self.worker = Worker(name, endpoint, self.ctx, keyring=keyring, persistent=True)
         self.worker.start_background()
 
     def close(self) -> None:
@@ -69,12 +72,16 @@ class LiveWorker:
         self.ctx.destroy(0)
 
 
-def ask(sock: zmq.Socket, header: dict, timeout_ms: int = 1000) -> dict | None:
-    """Send a message and return the reply header, or None when nothing answers in time."""
-    sock.send_multipart(pack(header))
-    if not sock.poll(timeout_ms):
-        return None
-    return unpack(sock.recv_multipart())[0]
+def ask(sock: zmq.Socket, header: dict, timeout_ms: int = 1000, kind: str | None = None) -> dict | None:
+    """Send a message and return the reply header (of type `kind`, when given), or None when
+    nothing answers in time. A deploy header travels as a deploy message (envelope and chunks)."""
+    sock.send_multipart(deploy_frames(header, b"") if header.get("type") == "deploy" else pack(header))
+    deadline = time.monotonic() + timeout_ms / 1000
+    while sock.poll(max(0, int(1000 * (deadline - time.monotonic())))):
+        reply = unpack(sock.recv_multipart())[0]
+        if kind is None or reply["type"] == kind:
+            return reply
+    return None
 
 
 # -- key files -------------------------------------------------------------------------------
@@ -503,7 +510,7 @@ def test_running_out_of_file_descriptors_fails_the_deployment_and_says_why(tiny)
         part = split_plan(tiny.plan, tiny.graph)["b"]
         extra = {"peers": {"a": "tcp://127.0.0.1:1"}, "links": {"a": {"bandwidth_bps": 1e9}}, "max_inflight": 2}
         blob = weights_blob(tiny.weights, part.weight_keys)
-        coordinator.send_multipart([*pack({**part.message(tiny.graph, tiny.plan, extra), "has_weights": True}), blob])
+        coordinator.send_multipart(deploy_frames(part.message(tiny.graph, tiny.plan, extra), blob))
         assert coordinator.poll(5000)
         reply = unpack(coordinator.recv_multipart())[0]
         assert reply["type"] == "deployed" and "Too many open files" in reply["error"]
@@ -512,3 +519,106 @@ def test_running_out_of_file_descriptors_fails_the_deployment_and_says_why(tiny)
     finally:
         ctx.destroy(0)
         live.close()
+
+
+# -- a worker you can leave running (issue 13, item 5; findings 6, 7 and 8) -------------------
+def _hand_started(keys: Path, port: int) -> subprocess.Popen:
+    """`edgeweave worker --keys` for device b on `port`, as a robot's helper is started."""
+    return subprocess.Popen(
+        [*CLI, "worker", "--name", "b", "--keys", str(keys), "--listen", f"tcp://127.0.0.1:{port}"],
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_a_hand_started_worker_serves_three_sessions_and_refuses_a_second_coordinator(tiny, keys: Path) -> None:
+    port = free_port()
+    proc = _hand_started(keys, port)
+    reference = GraphRunner(tiny.graph, tiny.weights)
+    cluster = tiny.cluster(b={"address": f"tcp://127.0.0.1:{port}"})
+    options = SessionOptions(connect_timeout_s=30, keys=keys)
+    try:
+        for k in range(3):
+            frames = make_inputs(tiny.graph, 3, seed=20 + k)
+            with Session(cluster, tiny.plan, tiny.graph, tiny.weights, options) as session:
+                assert session.remotes["b"].local is None  # the hand-started one, not a local process
+                outs = session.infer_many(frames[:2])
+                if k == 1:  # a second coordinator with the right key, while this session is active
+                    start = time.monotonic()
+                    with pytest.raises(DeviceFailure, match=r"device b .*: worker b is serving another session"):
+                        Session(cluster, tiny.plan, tiny.graph, tiny.weights, replace(options, connect_timeout_s=5))
+                    assert time.monotonic() - start < 5
+                outs += session.infer_many(frames[2:])  # the active session is unaffected
+            for x, y in zip(frames, outs, strict=True):
+                assert torch.equal(y, reference.run(x))
+            assert proc.poll() is None, "closing a session must not stop a hand-started worker"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_worker_restarted_behind_the_same_address_is_noticed_by_its_nonce(tiny, keys: Path) -> None:
+    """Finding 6: a worker restarted on the same port within 1.4 s was never noticed (the run
+    hung). Its pong now carries another nonce and says this session is not its own."""
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    first = LiveWorker("b", load_keyring(keys, "b"), endpoint)
+    cluster = tiny.cluster(b={"address": endpoint})
+    frames = make_inputs(tiny.graph, 2, seed=8)
+    with Session(cluster, tiny.plan, tiny.graph, tiny.weights, SessionOptions(keys=keys)) as session:
+        session.infer_many(frames)
+        first.close()
+        second = LiveWorker("b", load_keyring(keys, "b"), endpoint)  # a fresh process, same address
+        try:
+            start = time.monotonic()
+            with pytest.raises(DeviceFailure, match=r"device b at .* (restarted|no longer serves this session)"):
+                session.infer_many(frames)
+            assert time.monotonic() - start < 3
+            assert second.worker.deployment is None  # nothing ran there on the old session's word
+        finally:
+            second.close()
+
+
+def test_deploying_to_a_frozen_device_fails_within_two_seconds(tiny) -> None:
+    """Finding 7: the wait for a deploy reply checked no heartbeat (up to 120 s)."""
+    with Session(tiny.cluster(), tiny.plan, tiny.graph, tiny.weights) as session:
+        session.infer_many(make_inputs(tiny.graph, 1, seed=1))
+        pid = session.remotes["b"].local.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(DeviceFailure, match=r"device b .*stopped answering while deploying"):
+                session.redeploy(tiny.plan)
+            took = time.monotonic() - start
+            assert took < 2.5, f"took {took:.2f} s"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_session_made_in_a_thread_that_exits_keeps_its_workers(tiny) -> None:
+    """Finding 8: PR_SET_PDEATHSIG fired when the thread that started the workers exited."""
+    import threading
+
+    made: dict = {}
+    thread = threading.Thread(
+        target=lambda: made.setdefault("s", Session(tiny.cluster(), tiny.plan, tiny.graph, tiny.weights))
+    )
+    thread.start()
+    thread.join(60)
+    session = made["s"]
+    try:
+        time.sleep(0.5)
+        assert session.remotes["b"].local.exit_code() is None
+        x = make_inputs(tiny.graph, 1, seed=2)[0]
+        assert torch.equal(session.infer(x), GraphRunner(tiny.graph, tiny.weights).run(x))
+    finally:
+        session.close()
+
+
+def test_a_meta_tensor_is_refused_and_the_session_keeps_serving(tiny) -> None:
+    """Finding 8: a meta tensor given to infer() failed the source's worker for good."""
+    x = make_inputs(tiny.graph, 1, seed=3)[0]
+    with Session(tiny.cluster(), tiny.plan, tiny.graph, tiny.weights) as session:
+        for bad in (torch.empty(x.shape, device="meta"), x.to_sparse()):
+            with pytest.raises(UserError, match="dense CPU tensor"):
+                session.infer(bad)
+        assert torch.equal(session.infer(x), GraphRunner(tiny.graph, tiny.weights).run(x))

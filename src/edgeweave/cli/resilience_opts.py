@@ -1,4 +1,5 @@
-"""`--adapt` and `--fault` for run and bench: re-plan on measured bandwidth, inject failures.
+"""`--adapt`, `--fault` and `--no-recover` for run and bench: re-plan on measured bandwidth,
+inject failures, or fail fast instead of recovering (recovery is the default).
 
 Re-planning itself is the runtime's (runtime/resilient.py); the CLI only supplies the planner
 callback, the same `make_plan` call that made the first plan, and shows what happened.
@@ -15,8 +16,7 @@ AdaptOpt = Annotated[
     bool,
     typer.Option(
         "--adapt",
-        help="Re-plan when the bandwidth measured on a link leaves [0.5x, 2x] of what the plan was made for "
-        "(and, always with this or --fault: re-plan around failed devices, replay lost requests).",
+        help="Re-plan when the bandwidth measured on a link leaves [0.5x, 2x] of what the plan was made for.",
     ),
 ]
 FaultOpt = Annotated[
@@ -30,19 +30,29 @@ FaultOpt = Annotated[
 ]
 
 
-def resilience(adapt: bool, faults: list[str] | None) -> Any:
-    """ResilienceOptions for the run, or None when neither option was given (a plain run)."""
-    if not adapt and not faults:
-        return None
+NoRecoverOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-recover",
+        help="Fail at the first lost device instead of re-planning over the others and replaying "
+        "the requests it held (the default).",
+    ),
+]
+
+
+def resilience(adapt: bool, faults: list[str] | None, no_recover: bool = False) -> Any:
+    """ResilienceOptions for the run: recovery is on unless `no_recover` (issue 13, item 6)."""
     from edgeweave.runtime.resilient import Fault, ResilienceOptions
 
-    return ResilienceOptions(adapt=adapt, faults=[Fault.parse(f) for f in faults or []])
+    if no_recover and faults:
+        raise typer.BadParameter("--fault injects a failure to recover from; it cannot go with --no-recover")
+    return ResilienceOptions(adapt=adapt, faults=[Fault.parse(f) for f in faults or []], recover=not no_recover)
 
 
 def print_recovery(r: dict[str, Any], console: Any) -> None:
     """The run's failures, re-plans, replays and recovery times, if it was a resilient run."""
     rec = r.get("recovery")
-    if not rec:
+    if not rec or not (rec["failures"] or rec["replans"]):
         return
     table = Table(title="re-plans and failures")
     for col in ("event", "devices / reason", "time"):

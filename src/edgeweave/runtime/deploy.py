@@ -16,7 +16,7 @@ import torch
 
 from edgeweave.graph.opgraph import INPUT, OpGraph
 from edgeweave.plan.ir import Plan
-from edgeweave.runtime.protocol import CONTROL_HEADER_LIMIT, value_spec
+from edgeweave.runtime.protocol import DEPLOY_CHUNK, value_spec
 
 
 @dataclass
@@ -66,13 +66,16 @@ class DevicePart:
         """Bytes of the largest tensor this device receives."""
         return max((value_spec(**spec).nbytes for specs in self.receives(graph).values() for spec in specs), default=0)
 
-    def frame_limit(self, graph: OpGraph, weights: dict[str, torch.Tensor]) -> int:
+    def frame_limit(self, graph: OpGraph) -> int:
         """The largest frame this device should ever accept (libzmq's MAXMSGSIZE for its socket):
-        twice its largest incoming tensor, its weights (one safetensors frame) with room for the
-        safetensors header, and never below the deploy header's own limit."""
-        largest = self.largest_incoming(graph)
-        weight_bytes = sum(weights[k].numel() * weights[k].element_size() for k in self.weight_keys)
-        return max(2 * largest, weight_bytes + 256 * len(self.weight_keys) + (1 << 20), CONTROL_HEADER_LIMIT)
+        its largest incoming tensor, or a deploy chunk (weights and deploy headers travel in
+        DEPLOY_CHUNK frames), whichever is larger, plus CURVE's per-frame overhead (libzmq checks
+        the encrypted frame). Tight on purpose: a peer's frames larger than anything the deployment
+        sends are cut at the first one, before they are held."""
+        return max(self.largest_incoming(graph), DEPLOY_CHUNK) + FRAME_OVERHEAD
+
+
+FRAME_OVERHEAD = 4096  # CURVE's box and command header around a frame's bytes, with room to spare
 
 
 def _node_dict(graph: OpGraph, i: int) -> dict[str, Any]:

@@ -49,6 +49,22 @@ class RunConfig:
     input_range: tuple[float, float] | None = None
 
 
+def no_recovery() -> dict[str, Any]:
+    """The run JSON's `recovery` block of a run without a planner to re-plan with (the block is
+    always present, so that tools reading runs need no special case)."""
+    return {
+        "enabled": False,
+        "failures": [],
+        "replans": [],
+        "replayed": 0,
+        "recovery_s": [],
+        "plan_cache": {"hits": 0, "misses": 0},
+        "estimates": {},
+        "no_plan": None,
+        "marks": [],
+    }
+
+
 def make_inputs(
     graph: OpGraph, count: int, seed: int, vocab: int = 30522, value_range: tuple[float, float] | None = None
 ) -> list[torch.Tensor]:
@@ -128,7 +144,7 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
         lat = session.latencies()
         stream_ids = [r for r in range(first_id, session.next_request) if r in session.results]  # replays: new ids
         finish = sorted(session.results[r][1] for r in stream_ids)
-        recovery = session.report() if config.replan is not None else None
+        recovery = session.report() if config.replan is not None else no_recovery()
     errors, close = _errors(graph, weights, single + stream, outputs)
     stream_lat = sorted(lat[r] for r in stream_ids)
     makespan = finish[-1] - t_stream if finish else 0.0
@@ -162,8 +178,7 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
         )
     )
     result["measured_power"] = {**probe(), "host_energy_j": meter.joules, "seconds": meter.seconds}
-    if recovery is not None:
-        result["recovery"] = recovery
+    result["recovery"] = recovery
     if config.trace or config.timeline:
         from edgeweave.trace import draw_timeline, task_labels, write_trace
 
@@ -173,7 +188,7 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
             write_trace(
                 shifted, config.trace, name=f"{plan.model} {plan.strategy} (measured)", labels=task_labels(plan)
             )
-            if recovery is not None:
+            if recovery["marks"]:
                 from edgeweave.runtime.resilient import add_marks
 
                 add_marks(config.trace, recovery["marks"], t_stream)

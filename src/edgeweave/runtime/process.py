@@ -1,31 +1,28 @@
 """Local worker processes: start one per device, learn its endpoint, never leave orphans.
 
-Each child asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG), so a crashed or
-killed coordinator cannot leave workers behind; `close()` ends them in the normal case.
+A child lives as long as its coordinator's process: it holds the read end of a pipe whose write
+end only the coordinator holds (its stdin) and exits when the pipe reports end-of-file, which the
+kernel does when that process dies however it dies. A pipe belongs to the process, not to a
+thread: PR_SET_PDEATHSIG, used before, fires when the *thread* that started the child exits, so
+a session made in a short-lived thread killed its own workers (issue 13, finding 8).
+`close()` ends them in the normal case.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeweave.errors import UserError
 from edgeweave.runtime.security import Keyring
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -47,6 +44,11 @@ class LocalWorker:
             return ""
 
     def stop(self, timeout: float = 3.0) -> None:
+        if self.proc.stdin is not None:  # end-of-file: the worker exits even if SIGTERM is lost
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -101,7 +103,7 @@ def launch_worker(
     if keys is not None and keyring is not None:
         raise ValueError("give a keys folder or an ephemeral keyring, not both")
     log = tempfile.NamedTemporaryFile(prefix=f"edgeweave-{device}-", suffix=".log", delete=False)
-    cmd = [*(prefix or []), sys.executable, "-m", "edgeweave.runtime", device, listen]
+    cmd = [*(prefix or []), sys.executable, "-m", "edgeweave.runtime", device, listen, "--parent-pipe"]
     if keys is not None:
         cmd += ["--keys", str(keys)]
     if keyring is not None:
@@ -113,18 +115,27 @@ def launch_worker(
         cmd,
         stdout=subprocess.PIPE,
         stderr=log,
-        stdin=subprocess.PIPE if keyring is not None else subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        stdin=subprocess.PIPE,  # kept open: its end-of-file tells the child this process is gone
         env=env,
     )
     log.close()
     if keyring is not None:
         try:
             proc.stdin.write(keyring.to_json().encode() + b"\n")
-            proc.stdin.close()
+            proc.stdin.flush()
         except OSError:  # the child died at start: wait_ready reports its log
             pass
     return PendingWorker(device, listen, proc, log.name)
+
+
+def _exit_at_eof() -> None:
+    """Block on stdin until its end-of-file (the coordinator's process is gone), then exit."""
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+    os._exit(0)
 
 
 def worker_main(argv: list[str]) -> None:
@@ -144,6 +155,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--keys", type=Path, default=None)
     parser.add_argument("--keys-stdin", action="store_true", help="read a session's ephemeral keys from stdin")
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
+    parser.add_argument("--parent-pipe", action="store_true", help="exit when stdin reaches end-of-file")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
@@ -155,6 +167,8 @@ def worker_main(argv: list[str]) -> None:
         keyring = Keyring.from_json(sys.stdin.readline()) if args.keys_stdin else None
         if keyring is not None and keyring.name != args.device:
             raise UserError(f"the keys on stdin are {keyring.name!r}'s, not {args.device!r}'s")
+        if args.parent_pipe:
+            threading.Thread(target=_exit_at_eof, name="parent-pipe", daemon=True).start()
         serve(
             args.listen,
             args.device,
@@ -162,6 +176,7 @@ def worker_main(argv: list[str]) -> None:
             keys=args.keys,
             max_frame_bytes=args.max_frame_bytes,
             keyring=keyring,
+            persistent=False,
         )
     except UserError as exc:  # e.g. a key file with loose permissions
         sys.stderr.write(f"{exc}\n")

@@ -39,13 +39,19 @@ from edgeweave.runtime.wire import NHWC, PROTOCOL, WireError, from_wire_order
 
 DATA_HEADER_LIMIT = 64 << 10  # any header that is not the coordinator's
 CONTROL_HEADER_LIMIT = 16 << 20  # a deploy header lists the device's graph nodes
-CONTROL = frozenset({"hello", "ping", "collect", "shutdown"})
-COORDINATOR_ONLY = frozenset({"deploy", "collect", "shutdown", "probe"})
+# A deploy message's body (its JSON header, then its weights) travels in frames of at most this
+# many bytes, so that no frame a worker accepts is larger than its largest incoming tensor or
+# this: libzmq's MAXMSGSIZE (per frame) can then be tight, and a member's frames of a MiB are cut
+# at the first one instead of being held.
+DEPLOY_CHUNK = 256 << 10
+CONTROL = frozenset({"hello", "ping", "collect", "shutdown", "release"})
+COORDINATOR_ONLY = frozenset({"deploy", "collect", "shutdown", "probe", "release"})
 KNOWN = CONTROL | {"data", "deploy", "probe", "probed"}
 # Link probes (the coordinator's bandwidth estimate of a link no plan uses right now): the
 # coordinator asks a worker to `probe` a peer, which receives `probed` filler bytes over the
 # emulated link and reports how long they took. Small, so they fit any deployment's frame limit.
 PROBE_MAX_BYTES = 48 << 10
+_DEPLOY_FIELDS = frozenset({"v", "type", "tensors", "header_bytes", "weight_bytes"})
 _DATA_FIELDS = frozenset({"v", "type", "request", "task", "values", "src", "t_start", "bytes", "tensors"})
 _CONTROL_FIELDS = frozenset({"v", "type", "tensors"})
 _MAX_REQUEST = 1 << 62
@@ -83,7 +89,7 @@ def parse_header(frame: Any, limit: int) -> dict[str, Any]:
 
 
 def check_control(header: dict[str, Any], frames: list[Any]) -> None:
-    """hello, ping, collect and shutdown carry nothing but their type."""
+    """hello, ping, collect, release and shutdown carry nothing but their type."""
     if header.keys() != _CONTROL_FIELDS or header["tensors"] != [] or len(frames) != 1:
         raise Drop("schema", f"malformed {header['type']} message")
 
@@ -231,6 +237,48 @@ def _view(spec: ValueSpec, frame: Any, nhwc: bool = False) -> torch.Tensor:
 
 
 # -- the deploy message ----------------------------------------------------------------------
+def _chunks(body: bytes) -> list[memoryview]:
+    view = memoryview(body)
+    return [view[k : k + DEPLOY_CHUNK] for k in range(0, len(body), DEPLOY_CHUNK)]
+
+
+def deploy_frames(header: dict[str, Any], blob: bytes) -> list[Any]:
+    """A deploy message: an envelope saying how many bytes of JSON header and of weights follow,
+    then both, each cut into frames of at most DEPLOY_CHUNK bytes."""
+    body = json.dumps({**header, "v": PROTOCOL, "tensors": [], "has_weights": bool(blob)}, separators=(",", ":"))
+    raw = body.encode()
+    envelope = {"v": PROTOCOL, "type": "deploy", "tensors": [], "header_bytes": len(raw), "weight_bytes": len(blob)}
+    return [json.dumps(envelope).encode(), *_chunks(raw), *_chunks(blob)]
+
+
+def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], bytes]:
+    """The (header, weights) of a deploy message checked frame by frame against its envelope;
+    a ValueError says what is wrong (the worker reports it to the coordinator)."""
+    if envelope.keys() != _DEPLOY_FIELDS or envelope["tensors"] != []:
+        raise ValueError("malformed deploy envelope")
+    sizes = envelope["header_bytes"], envelope["weight_bytes"]
+    if any(type(n) is not int or n < 0 for n in sizes) or not 0 < sizes[0] <= CONTROL_HEADER_LIMIT:
+        raise ValueError("malformed deploy envelope: header_bytes and weight_bytes")
+    counts = [-(-n // DEPLOY_CHUNK) for n in sizes]
+    if len(frames) != 1 + sum(counts):
+        raise ValueError(f"deploy message has {len(frames)} frames, its envelope says {1 + sum(counts)}")
+    parts = [frames[1 : 1 + counts[0]], frames[1 + counts[0] :]]
+    for n, chunks in zip(sizes, parts, strict=True):
+        lengths = [frame_len(f) for f in chunks]
+        if sum(lengths) != n or any(k != DEPLOY_CHUNK for k in lengths[:-1]):
+            raise ValueError("deploy message: a chunk has the wrong length")
+    header_raw, blob = (b"".join(f.bytes if hasattr(f, "bytes") else bytes(f) for f in chunks) for chunks in parts)
+    try:
+        header = json.loads(header_raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"deploy header is not JSON: {type(exc).__name__}") from None
+    if not isinstance(header, dict) or header.get("type") != "deploy":
+        raise ValueError("deploy header is not a deploy message")
+    if header.get("has_weights") is not bool(blob):
+        raise ValueError(f"deploy message carries {len(blob)} bytes of weights; has_weights disagrees")
+    return header, blob
+
+
 _OP = re.compile(r"^(getitem|[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)$")
 
 

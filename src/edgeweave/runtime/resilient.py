@@ -4,7 +4,9 @@
     outputs = rs.infer_many(frames)      # every output, in order, even if a worker dies meanwhile
     rs.report()                          # failures, re-plans, replays, recovery times, estimates
 
-It wraps a `Session` that connects every device of the cluster and adds what a robot needs:
+It wraps a `Session` that connects every device of the cluster and drives it only through its
+request interface (`submit`, `result`, `wait_for`, `beat`, `greet`, `redeploy`), adding what a
+robot needs:
 
 - Failure: the session's heartbeats raise `DeviceFailure(device=...)` when a worker process
   exits or stops answering (default 2 s). The device is dropped, the caller's `replan` is asked
@@ -13,9 +15,15 @@ It wraps a `Session` that connects every device of the cluster and adds what a r
   every request that had not completed is replayed, in order, under new request ids (data of
   the old deployment that arrives late is refused as a replay by the workers' admission).
   Execution is deterministic, so a replayed request returns exactly what it would have.
+- Stall: a request past its deadline while every device answers (its messages were lost or
+  refused) is replayed, with every request in flight, on a fresh deployment of the plan; a
+  replayed request that misses its deadline again fails the call: an error, never a hang.
 - Rejoin: a dropped local worker whose process died is relaunched in the background; one whose
-  process lives (an unreachable link) or that has an address is pinged until it answers. A
-  device back is used by the next re-plan, which is asked for at once.
+  process lives (an unreachable link) or that has an address is pinged until it answers, then
+  greeted again (a worker restarted behind its address answers with another nonce and must be
+  told which session it serves). A device back is used by the next re-plan, asked for at once.
+- `recover=False` (`--no-recover`) fails the call at the first loss instead; recovery is the
+  default of `run`, `bench` and `demo`.
 - Adaptation (`adapt=True`): receivers measure every transfer (bytes and duration), the
   estimator smooths them per directed link, and when an estimate leaves the hysteresis band
   around what the current plan was made for, the coordinator stops admitting, lets the requests
@@ -50,10 +58,11 @@ from edgeweave.runtime.deploy import DevicePart
 from edgeweave.runtime.estimator import Hysteresis, LinkEstimator, PlanCache
 from edgeweave.runtime.process import LocalWorker, PendingWorker, launch_worker
 from edgeweave.runtime.security import curve_client
-from edgeweave.runtime.session import DeviceFailure, Session, SessionOptions, _Remote
+from edgeweave.runtime.session import DeviceFailure, Remote, Session, SessionOptions
 from edgeweave.runtime.wire import WireError, pack, unpack
 
 Replan = Callable[[Cluster], Plan]
+MAX_STALL_REPLAYS = 3  # deadline misses replayed in one session before they fail the call
 
 
 class RequestFailed(UserError):
@@ -102,6 +111,9 @@ class ResilienceOptions:
     link_probe_s: float = 0.25  # adapt: how often links the plan leaves idle are measured
     relaunch: bool = True  # relaunch a dropped local worker whose process died
     faults: list[Fault] = field(default_factory=list)
+    # re-plan and replay on a device loss (the default everywhere); False fails the call at the
+    # first loss instead (`--no-recover`), still with the `recovery` report
+    recover: bool = True
 
 
 @dataclass
@@ -111,6 +123,7 @@ class _Pending:
     index: int
     x: torch.Tensor
     first_submitted: float | None = None  # a replay's latency counts from its first submission
+    stalled: bool = False  # replayed once already because a request missed its deadline
 
 
 def plan_maker(cluster: Cluster, replan: Replan) -> Callable[[dict[tuple[str, str], float], tuple[str, ...]], Plan]:
@@ -180,10 +193,10 @@ class ResilientSession:
         self.hysteresis.switched(self.nominal, time.monotonic())
         self.cache = cache or PlanCache(plan_maker(cluster, replan))
         self.cache.put(self.nominal, tuple(cluster.devices), plan)
-        self.down: dict[str, _Remote] = {}
+        self.down: dict[str, Remote] = {}
         self.relaunching: dict[str, PendingWorker] = {}
         self.last_probe = 0.0
-        self.last_beat = 0.0
+        self.stalls = 0  # replays because a request missed its deadline with all devices up
         self.last_link_probe = 0.0
         self._probe_big = False
         self.want_switch: str | None = None
@@ -242,22 +255,29 @@ class ResilientSession:
                     if time.time() < release[todo[0].index]:
                         break
                     self._submit(todo.popleft(), inflight)
-                wake = time.time() + self.opts.probe_s
+                wake = time.time() + min(self.opts.probe_s, s.options.heartbeat_s)
                 if todo and len(inflight) < s.max_inflight and not self._holding():  # the next frame's release
                     wake = min(wake, max(release[todo[0].index], time.time() + 1e-4))
-                with s.cond:  # woken by a result; heartbeats are sent by _maintain
-                    if not any(r in s.results for r in inflight):
-                        s.cond.wait(max(0.0, wake - time.time()))
-                for rid in sorted(r for r in inflight if r in s.results):
+                s.wait_for(inflight, wake - time.time())  # woken by a result; health is checked by _maintain
+                for rid in sorted(inflight):
+                    done = s.result(rid)
+                    if done is None:
+                        continue
                     item = inflight.pop(rid)
-                    outputs[item.index] = s.results[rid][0]
-                    self.release_latencies[item.index] = s.results[rid][1] - release[item.index]
+                    outputs[item.index] = done[0]
+                    self.release_latencies[item.index] = done[1] - release[item.index]
                     self._completed()
                     if progress:
                         progress(self.completed, len(frames))
             except DeviceFailure as exc:
                 replay = [inflight[r] for r in sorted(inflight)]
                 inflight.clear()
+                if exc.device is None and self.opts.recover:  # a request missed its deadline, all devices up
+                    self.stalls += 1
+                    if any(p.stalled for p in replay) or self.stalls > MAX_STALL_REPLAYS:
+                        raise  # it missed it again after a replay: an error, never a hang
+                    for p in replay:
+                        p.stalled = True
                 todo = deque(sorted([*replay, *todo], key=lambda p: p.index))
                 self.replayed += len(replay)
                 self._recover(exc, len(replay))
@@ -268,14 +288,9 @@ class ResilientSession:
         return outputs  # type: ignore[return-value]
 
     def _submit(self, item: _Pending, inflight: dict[int, _Pending]) -> None:
-        s = self.session
-        rid = s.next_request
-        s.next_request += 1
         if item.first_submitted is None:
             item.first_submitted = time.time()
-        s.submitted[rid] = item.first_submitted
-        inflight[rid] = item
-        s.source.submit(rid, item.x)
+        inflight[self.session.submit(item.x, item.first_submitted)] = item
 
     def _completed(self) -> None:
         self.completed += 1
@@ -294,8 +309,16 @@ class ResilientSession:
         s = self.session
         detected = time.time()
         device = exc.device
-        if device is None or device == s.plan.source or device not in s.remotes:
-            raise exc  # the source itself (this process) failed: nothing to fall back on
+        if device is None and self.opts.recover:  # a stalled request, every device answering: replay anew
+            self._recovering = detected
+            self.failures.append({"device": None, "reason": str(exc), "at": detected, "replayed": replayed})
+            self.marks.append({"name": "stall", "at": detected})
+            self._switch("stall")
+            return
+        if device == s.plan.source or device not in s.remotes or not self.opts.recover:
+            # the source itself (this process) failed, nothing to fall back on; or fail fast
+            self.failures.append({"device": device, "reason": str(exc), "at": detected, "replayed": 0})
+            raise exc
         since = self._injected.pop(device, detected)
         self._recovering = since
         self.failures.append(
@@ -369,11 +392,8 @@ class ResilientSession:
         return self.ready is not None or self.want_switch in ("rejoin", "retry")
 
     def _maintain(self, inflight: dict[int, Any]) -> None:
+        self.session.beat()  # heartbeats, worker answers and the oldest request's deadline
         now = time.monotonic()
-        if now - self.last_beat >= self.session.options.heartbeat_s:
-            # a busy stream may never leave Session._wait idle long enough to beat: beat here
-            self.last_beat = now
-            self.session._heartbeat(now)
         if self.down and now - self.last_probe >= self.opts.probe_s:
             self.last_probe = now
             if self._probe():
@@ -431,12 +451,16 @@ class ResilientSession:
                     back |= self._poll_relaunch(dev)
                 continue
             if self._pinged_back(remote):
+                try:  # greeted again: it may have restarted, or released this session meanwhile
+                    self.session.greet(remote, timeout_s=1.0)
+                except DeviceFailure:  # busy with another session, or silent again: still down
+                    continue
                 del self.down[dev]
                 self._rejoin(remote)
                 back = True
         return back
 
-    def _pinged_back(self, remote: _Remote) -> bool:
+    def _pinged_back(self, remote: Remote) -> bool:
         answered = False
         try:
             while remote.sock.poll(0):
@@ -448,9 +472,7 @@ class ResilientSession:
             remote.sock.send_multipart(pack({"type": "ping"}))
         return answered
 
-    def _rejoin(self, remote: _Remote) -> None:
-        remote.unanswered_since = None
-        remote.last_pong = time.monotonic()
+    def _rejoin(self, remote: Remote) -> None:
         self.session.add_device(remote)
         self.marks.append({"name": f"rejoin {remote.device}", "at": time.time()})
 
@@ -482,18 +504,14 @@ class ResilientSession:
         sock.setsockopt(zmq.LINGER, 0)
         if s.keys is not None:
             curve_client(sock, s.keys, dev)
-        remote = _Remote(dev, local.endpoint, sock, local)
-        sock.connect(s._control_route(local.endpoint))
-        sock.send_multipart(pack({"type": "hello"}))
+        remote = Remote(dev, local.endpoint, sock, local)
+        sock.connect(s.control_route(local.endpoint))
         try:
-            silent = f"device {dev}: relaunched worker is silent"
-            reply = s._expect(remote, "hello", s.options.connect_timeout_s, silent)
+            s.greet(remote)
         except DeviceFailure:  # it died again: the next probe relaunches it
             sock.close(0)
             local.stop()
             return False
-        if type(reply.get("max_frame_bytes")) is int:
-            remote.max_frame_bytes = reply["max_frame_bytes"]
         self.down.pop(dev, None)
         self._rejoin(remote)
         return True
@@ -566,6 +584,7 @@ class ResilientSession:
     def report(self) -> dict[str, Any]:
         """The run JSON's `recovery` block."""
         return {
+            "enabled": self.opts.recover,
             "failures": [{k: v for k, v in f.items() if k != "at"} for f in self.failures],
             "replans": [{k: v for k, v in r.items() if k != "at"} for r in self.replans],
             "replayed": self.replayed,

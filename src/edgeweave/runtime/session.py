@@ -19,6 +19,13 @@ plaintext opt-out, refused as soon as a device is reached at an address other th
 
 Every request has a deadline (`request_deadline_s`): one that does not finish in time fails
 with an error that says which request and what the workers dropped, never a silent hang.
+
+Liveness is decided in one place, the heartbeat (`beat`): a worker process that exited, a ping
+unanswered for `dead_after_s` (while deploying too: workers answer pings while they build a
+deployment), a pong with another nonce (the worker restarted behind its address) or saying the
+session is not its own (it was released, or lost this coordinator's connection), an error a
+worker reports, or the oldest request past its deadline: each raises DeviceFailure naming the
+device (None for a deadline). A worker started by hand is released on close, not stopped.
 """
 
 from __future__ import annotations
@@ -39,10 +46,10 @@ from edgeweave.cost.cluster import Cluster
 from edgeweave.errors import UserError
 from edgeweave.graph.opgraph import OpGraph, dtype_name
 from edgeweave.plan.ir import Plan
-from edgeweave.runtime.deploy import DevicePart, split_plan, weights_blob
+from edgeweave.runtime.deploy import FRAME_OVERHEAD, DevicePart, split_plan, weights_blob
 from edgeweave.runtime.links import LinkSpec
 from edgeweave.runtime.process import LocalWorker, launch_worker
-from edgeweave.runtime.protocol import CONTROL_HEADER_LIMIT
+from edgeweave.runtime.protocol import CONTROL_HEADER_LIMIT, deploy_frames
 from edgeweave.runtime.security import (
     COORDINATOR,
     Keyring,
@@ -70,7 +77,9 @@ class DeviceFailure(UserError):
 
 
 @dataclass
-class _Remote:
+class Remote:
+    """The coordinator's connection to one remote worker and what it knows of its liveness."""
+
     device: str
     endpoint: str
     sock: zmq.Socket
@@ -78,6 +87,7 @@ class _Remote:
     last_pong: float = field(default_factory=time.monotonic)
     unanswered_since: float | None = None  # when the oldest ping still without a reply was sent
     max_frame_bytes: int | None = None
+    nonce: str | None = None  # the worker process's, from its hello: another one means it restarted
 
 
 @dataclass
@@ -112,13 +122,15 @@ class Session:
         self.options = options or SessionOptions()
         self.netns = netns
         self.ctx = zmq.Context()
-        self.remotes: dict[str, _Remote] = {}
+        self.remotes: dict[str, Remote] = {}
         self.results: dict[int, tuple[torch.Tensor, float]] = {}
         self.cond = threading.Condition()
         self.next_request = 0
         self._oldest = 0  # no request below this id is still waiting for its result
         self.source: Worker | None = None
-        self.submitted: dict[int, float] = {}
+        self.submitted: dict[int, float] = {}  # request -> when its latency starts (wall time)
+        self._started: dict[int, float] = {}  # request -> when it was (re)submitted: its deadline counts from here
+        self._last_beat = 0.0
         self.pending: list = []
         self.keys: Keyring | None = None  # the coordinator's key pair and the members' public keys
         self.ephemeral: dict[str, Keyring] = {}  # without a keys folder: this session's pairs, by member
@@ -173,7 +185,7 @@ class Session:
             sock.setsockopt(zmq.LINGER, 0)
             if self.keys is not None:
                 curve_client(sock, self.keys, dev)
-            self.remotes[dev] = _Remote(dev, address, sock, local)
+            self.remotes[dev] = Remote(dev, address, sock, local)
             endpoints[dev] = address
         self._greet()
         self.epoch = time.monotonic()
@@ -182,6 +194,7 @@ class Session:
     def _deploy(self, parts: dict[str, Any], endpoints: dict[str, str], first_request: int) -> None:
         """Ship every device its part (weights only where they changed) and wait until all are deployed."""
         plan, opts, weights, epoch = self.plan, self.options, self.weights, self.epoch
+        sent: dict[str, int] = {}  # bytes of each remote device's deploy message
         for dev, part in parts.items():
             # every peer's link, not only the plan's: an idle link can still be probed (resilient.py)
             links = {d: LinkSpec.for_pair(self.cluster, dev, d).to_dict() for d in endpoints if d != dev}
@@ -203,16 +216,59 @@ class Session:
                 self.source.deploy(msg, blob)
                 continue
             remote = self.remotes[dev]
-            frames = pack({**msg, "has_weights": bool(blob)})
-            self._check_fits(remote, len(frames[0]), max(len(frames[0]), len(blob), part.largest_incoming(self.graph)))
-            remote.sock.send_multipart([*frames, blob] if blob else frames, copy=False)
-        for dev in parts:
-            if dev == plan.source:
-                continue
-            remote = self.remotes[dev]
-            reply = self._expect(remote, "deployed", 120.0, f"device {remote.device}: deployment timed out")
-            if reply.get("error"):
-                raise DeviceFailure(f"device {remote.device}: deployment failed: {reply['error']}", remote.device)
+            frames = deploy_frames(msg, blob)
+            header_bytes = sum(len(f) for f in frames[1:]) - len(blob)
+            self._check_fits(remote, header_bytes, part.frame_limit(self.graph))
+            remote.sock.send_multipart(frames, copy=False)
+            sent[dev] = header_bytes + len(blob)
+        self._await_deployed(sent)
+
+    def _await_deployed(self, sent: dict[str, int]) -> None:
+        """Wait for every device's `deployed`, pinging them meanwhile: a worker answers pings
+        while it builds its deployment, so a device that froze or was cut off is declared dead
+        within dead_after_s (plus the time its deploy message needs on the link), not after a
+        long fixed timeout; one that keeps answering may take as long as its weights need."""
+        opts = self.options
+        waiting = {dev: self.remotes[dev] for dev in sent}
+        grace = {
+            dev: opts.dead_after_s + 2.0 * 8 * nbytes / self.cluster.link(self.plan.source, dev).bandwidth_bps
+            for dev, nbytes in sent.items()
+        }
+        now = time.monotonic()
+        for remote in waiting.values():
+            remote.unanswered_since = None
+        last_ping = 0.0
+        while waiting:
+            now = time.monotonic()
+            if now - last_ping >= opts.heartbeat_s:
+                last_ping = now
+                for dev, remote in waiting.items():
+                    self._check_process(remote)
+                    if remote.unanswered_since is not None and now - remote.unanswered_since > grace[dev]:
+                        raise DeviceFailure(
+                            f"device {dev} at {remote.endpoint} stopped answering while deploying "
+                            f"(no heartbeat for {now - remote.unanswered_since:.1f} s)",
+                            dev,
+                        )
+                    if remote.unanswered_since is None:
+                        remote.unanswered_since = now
+                    remote.sock.send_multipart(pack({"type": "ping"}))
+            poller = zmq.Poller()
+            for remote in waiting.values():
+                poller.register(remote.sock, zmq.POLLIN)
+            ready = dict(poller.poll(max(1.0, 1000 * opts.heartbeat_s / 2)))
+            for dev, remote in list(waiting.items()):
+                while remote.sock in ready and remote.sock.poll(0):
+                    header = self._receive(remote)
+                    remote.unanswered_since = None
+                    remote.last_pong = time.monotonic()
+                    if header.get("type") == "pong":
+                        self._check_pong(remote, header, deploying=True)
+                    elif header.get("type") == "deployed":
+                        if header.get("error"):
+                            raise DeviceFailure(f"device {dev}: deployment failed: {header['error']}", dev)
+                        del waiting[dev]
+                        break
 
     # -- re-planning and recovery (see resilient.py: the caller decides placement) -------------
     def redeploy(self, plan: Plan) -> None:
@@ -231,27 +287,29 @@ class Session:
         for rid in list(self.submitted):
             if rid not in self.results:
                 del self.submitted[rid]
+                self._started.pop(rid, None)
         self._deploy(parts, endpoints, first_request=self.next_request)
 
-    def drop_device(self, device: str) -> _Remote:
+    def drop_device(self, device: str) -> Remote:
         """Forget a failed device (its process, if it is ours and still alive, keeps running so
         that it can rejoin); returns its connection record for probing."""
         remote = self.remotes.pop(device)
         self.held.pop(device, None)
         return remote
 
-    def add_device(self, remote: _Remote) -> None:
+    def add_device(self, remote: Remote) -> None:
         """A device that answered again (or a relaunched worker) becomes usable by the next plan."""
         self.remotes[remote.device] = remote
         self.held.pop(remote.device, None)
 
     def frame_limit(self, part: DevicePart) -> int:
-        """The device's MAXMSGSIZE: for its part, or (connect_all) for any part a re-plan may give it."""
+        """The device's MAXMSGSIZE: for its part, or (connect_all) for any part a re-plan may give
+        it (any value of the graph, or the input, may then reach it)."""
         if not self.options.connect_all:
-            return part.frame_limit(self.graph, self.weights)
-        whole = DevicePart(part.device, [], weight_keys=sorted(self.weights))
-        largest = max([n.out_bytes for n in self.graph.nodes] + [whole.largest_incoming(self.graph)])
-        return max(whole.frame_limit(self.graph, self.weights), 2 * largest + (1 << 20))
+            return part.frame_limit(self.graph)
+        least = DevicePart(part.device, []).frame_limit(self.graph)
+        largest = max([n.out_bytes for n in self.graph.nodes] + [self.graph.input_bytes])
+        return max(least, largest + FRAME_OVERHEAD)
 
     def _load_keys(self, parts: dict[str, Any]) -> Keyring | None:
         """The coordinator's and the source's keys: from the keys folder, or made for this session
@@ -295,31 +353,45 @@ class Session:
     def _greet(self) -> None:
         """Connect to every remote worker and wait for its hello; with keys, a refused key is
         reported as such rather than as a worker that is not there."""
-        opts = self.options
         with contextlib.ExitStack() as stack:
             monitors = {}
             for remote in self.remotes.values():
                 if self.keys is not None:
                     monitors[remote.device] = stack.enter_context(auth_failures(remote.sock))
-                remote.sock.connect(self._control_route(remote.endpoint))
+                remote.sock.connect(self.control_route(remote.endpoint))
                 remote.sock.send_multipart(pack({"type": "hello"}))
             for remote in self.remotes.values():
-                hint = "is `edgeweave worker` running there?"
-                if self.keys is not None:
-                    folder = self.keys.folder or "the keys folder"
-                    hint = f"is `edgeweave worker --keys` running there, with the public keys of {folder}?"
-                reply = self._expect(
-                    remote,
-                    "hello",
-                    opts.connect_timeout_s,
-                    f"device {remote.device}: no worker answered at {remote.endpoint} within "
-                    f"{opts.connect_timeout_s:g} s ({hint})",
-                    monitor=monitors.get(remote.device),
-                )
-                if type(reply.get("max_frame_bytes")) is int:
-                    remote.max_frame_bytes = reply["max_frame_bytes"]
+                self._await_hello(remote, self.options.connect_timeout_s, monitors.get(remote.device))
 
-    def _check_fits(self, remote: _Remote, header_bytes: int, frame_bytes: int) -> None:
+    def greet(self, remote: Remote, timeout_s: float | None = None) -> None:
+        """Say hello again on an existing connection (a worker that came back, or restarted)
+        and wait for its answer: it serves this session again, under its new nonce."""
+        while remote.sock.poll(0):  # whatever it said before it was greeted
+            self._receive(remote)
+        remote.sock.send_multipart(pack({"type": "hello"}))
+        self._await_hello(remote, self.options.connect_timeout_s if timeout_s is None else timeout_s)
+        remote.unanswered_since = None
+        remote.last_pong = time.monotonic()
+
+    def _await_hello(self, remote: Remote, timeout_s: float, monitor: zmq.Socket | None = None) -> None:
+        hint = "is `edgeweave worker` running there?"
+        if self.keys is not None:
+            folder = self.keys.folder or "the keys folder"
+            hint = f"is `edgeweave worker --keys` running there, with the public keys of {folder}?"
+        reply = self._expect(
+            remote,
+            ("hello", "busy"),
+            timeout_s,
+            f"device {remote.device}: no worker answered at {remote.endpoint} within {timeout_s:g} s ({hint})",
+            monitor=monitor,
+        )
+        if reply["type"] == "busy":  # another session's: refused, and that session is unaffected
+            raise DeviceFailure(f"device {remote.device} at {remote.endpoint}: {reply.get('error')}", remote.device)
+        if type(reply.get("max_frame_bytes")) is int:
+            remote.max_frame_bytes = reply["max_frame_bytes"]
+        remote.nonce = reply.get("nonce") if isinstance(reply.get("nonce"), str) else None
+
+    def _check_fits(self, remote: Remote, header_bytes: int, frame_bytes: int) -> None:
         if header_bytes > CONTROL_HEADER_LIMIT:
             raise UserError(
                 f"device {remote.device}: its deploy message has {header_bytes} bytes of graph, more than "
@@ -331,7 +403,7 @@ class Session:
                 f"this deployment sends {frame_bytes}; restart it with --max-frame-bytes {2 * frame_bytes}"
             )
 
-    def _control_route(self, address: str) -> str:
+    def control_route(self, address: str) -> str:
         """With network namespaces, control traffic (deployment included) leaves from an address
         the kernel does not shape: only data between devices crosses the emulated links."""
         if self.netns is None or not address.startswith("tcp://"):
@@ -339,8 +411,14 @@ class Session:
         return f"tcp://{self.netns.control_address}:0;{address.removeprefix('tcp://')}"
 
     def _expect(
-        self, remote: _Remote, kind: str, timeout_s: float, message: str, monitor: zmq.Socket | None = None
+        self,
+        remote: Remote,
+        kind: str | tuple[str, ...],
+        timeout_s: float,
+        message: str,
+        monitor: zmq.Socket | None = None,
     ) -> dict[str, Any]:
+        kinds = (kind,) if isinstance(kind, str) else kind
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_process(remote)
@@ -350,11 +428,11 @@ class Session:
                 header = self._receive(remote)
                 remote.last_pong = time.monotonic()
                 remote.unanswered_since = None
-                if header["type"] == kind:
+                if header["type"] in kinds:
                     return header
         raise DeviceFailure(message, remote.device)
 
-    def _receive(self, remote: _Remote) -> dict[str, Any]:
+    def _receive(self, remote: Remote) -> dict[str, Any]:
         """A reply from a worker; a malformed one ends the run naming the device, not with a traceback."""
         try:
             header, _ = unpack(remote.sock.recv_multipart(copy=False))
@@ -362,7 +440,7 @@ class Session:
             raise DeviceFailure(f"device {remote.device} sent a malformed reply: {exc}", remote.device) from None
         return header
 
-    def _refused(self, remote: _Remote, monitor: zmq.Socket) -> None:
+    def _refused(self, remote: Remote, monitor: zmq.Socket) -> None:
         from zmq.utils.monitor import recv_monitor_message
 
         event = recv_monitor_message(monitor)["event"]
@@ -377,7 +455,7 @@ class Session:
             f"with --keys, and is {keys}/{remote.device}.key its public key?"
         )
 
-    def _check_process(self, remote: _Remote) -> None:
+    def _check_process(self, remote: Remote) -> None:
         if remote.local is not None and remote.local.exit_code() is not None:
             why = remote.local.last_log_line()
             raise DeviceFailure(
@@ -434,7 +512,7 @@ class Session:
             rid = self._oldest
             if rid >= self.next_request:
                 return
-            waited = time.time() - self.submitted[rid]
+            waited = time.time() - self._started.get(rid, self.submitted[rid])
         deadline = self.request_deadline_s
         if waited > deadline:
             drops = {self.plan.source: dict(self.source.drops), **self.drops}
@@ -453,6 +531,9 @@ class Session:
         want_shape, want_dtype = list(self.graph.input_shape), self.graph.input_dtype
         if not isinstance(x, torch.Tensor):
             raise UserError(f"input must be a torch.Tensor, not {type(x).__name__}")
+        if x.device.type != "cpu" or x.layout != torch.strided or x.is_quantized:
+            # a meta tensor has no data: computing it failed the source's worker for good (finding 8)
+            raise UserError(f"input must be a dense CPU tensor with data, not a {x.layout} tensor on device {x.device}")
         if list(x.shape) != want_shape or dtype_name(x.dtype) != want_dtype:
             raise UserError(
                 f"input has shape {list(x.shape)} and dtype {dtype_name(x.dtype)}; this deployment "
@@ -483,11 +564,7 @@ class Session:
             if arrival is not None:
                 self._sleep_until(arrival)
             self._wait(lambda: self._inflight() < window)
-            rid = self.next_request
-            self.next_request += 1
-            ids.append(rid)
-            self.submitted[rid] = time.time() if arrival is None else arrival
-            self.source.submit(rid, x.contiguous())
+            ids.append(self.submit(x, arrival))
         out = []
         for k, rid in enumerate(ids):
             self._wait(lambda rid=rid: rid in self.results)
@@ -497,24 +574,53 @@ class Session:
                 progress(k + 1, len(ids))
         return out
 
+    # -- the request interface a coordinator loop uses (resilient.py drives it too) ----------
+    def submit(self, x: torch.Tensor, since: float | None = None) -> int:
+        """Start one request on the source device now; its id. Its latency counts from `since`
+        (its arrival, or a replayed request's first submission; default now), its deadline from now."""
+        now = time.time()
+        with self.cond:
+            rid = self.next_request
+            self.next_request += 1
+            self.submitted[rid] = now if since is None else since
+            self._started[rid] = now
+        self.source.submit(rid, x.contiguous())
+        return rid
+
+    def result(self, rid: int) -> tuple[torch.Tensor, float] | None:
+        """(output, wall time it arrived) of a request, or None while it is not done."""
+        with self.cond:
+            return self.results.get(rid)
+
+    def wait_for(self, rids: Iterable[int], timeout_s: float) -> None:
+        """Block until one of `rids` has its result, or for `timeout_s` (health is not checked: see `beat`)."""
+        rids = list(rids)
+        with self.cond:
+            if not any(r in self.results for r in rids):
+                self.cond.wait(max(0.0, timeout_s))
+
+    def beat(self) -> None:
+        """Once per heartbeat period: ping the devices, check their answers and the oldest
+        request's deadline; raises DeviceFailure naming what failed."""
+        now = time.monotonic()
+        if now - self._last_beat < self.options.heartbeat_s:
+            return
+        self._last_beat = now
+        self._heartbeat(now)
+        self._check_deadline()
+
     def _sleep_until(self, wall_time: float) -> None:
         """Wait for a frame's arrival time (to the millisecond), checking device health meanwhile."""
-        last_ping = time.monotonic()
         while (remaining := wall_time - time.time()) > 0:
             with self.cond:
                 self.cond.wait(min(remaining, self.options.heartbeat_s / 2))
-            now = time.monotonic()
-            if now - last_ping >= self.options.heartbeat_s:
-                self._heartbeat(now)
-                self._check_deadline()
-                last_ping = now
+            self.beat()
 
     def _inflight(self) -> int:
         return sum(1 for rid in self.submitted if rid not in self.results)
 
     def _wait(self, ready) -> None:
         """Block until `ready()`, checking every device's health meanwhile."""
-        last_ping = 0.0
         while True:
             with self.cond:
                 if ready():
@@ -522,11 +628,7 @@ class Session:
                 self.cond.wait(self.options.heartbeat_s / 2)
                 if ready():
                     return
-            now = time.monotonic()
-            if now - last_ping >= self.options.heartbeat_s:
-                self._heartbeat(now)
-                self._check_deadline()
-                last_ping = now
+            self.beat()
 
     def _heartbeat(self, now: float) -> None:
         if self.source.error:
@@ -539,11 +641,9 @@ class Session:
                 header = self._receive(remote)
                 remote.last_pong = now
                 remote.unanswered_since = None
-                if header.get("type") == "pong" and isinstance(header.get("drops"), dict):
-                    self.drops[remote.device] = header["drops"]
-                if self.on_telemetry is not None and header.get("type") == "pong":
-                    self.on_telemetry(remote.device, header)
-                if header.get("error"):
+                if header.get("type") == "pong":
+                    self._check_pong(remote, header)
+                elif header.get("error"):
                     raise DeviceFailure(f"device {remote.device}: {header['error']}", remote.device)
             # Dead means: a ping went unanswered for too long. Time spent idle between calls
             # (no pings sent) says nothing about a device.
@@ -556,6 +656,27 @@ class Session:
             if remote.unanswered_since is None:
                 remote.unanswered_since = now
             remote.sock.send_multipart(pack({"type": "ping"}))
+
+    def _check_pong(self, remote: Remote, header: dict[str, Any], deploying: bool = False) -> None:
+        """What a pong says about its worker: the same process as greeted, still serving this
+        session, no error; and its drop counters and link samples."""
+        if remote.nonce is not None and header.get("nonce") != remote.nonce:
+            raise DeviceFailure(
+                f"device {remote.device} at {remote.endpoint} restarted (another worker process answers there)",
+                remote.device,
+            )
+        if header.get("yours") is False:
+            raise DeviceFailure(
+                f"device {remote.device} at {remote.endpoint} no longer serves this session "
+                "(it released it, or lost this coordinator's connection)",
+                remote.device,
+            )
+        if isinstance(header.get("drops"), dict):
+            self.drops[remote.device] = header["drops"]
+        if self.on_telemetry is not None and not deploying:
+            self.on_telemetry(remote.device, header)
+        if header.get("error") and not deploying:
+            raise DeviceFailure(f"device {remote.device}: {header['error']}", remote.device)
 
     def latencies(self) -> dict[int, float]:
         """Seconds from submission to result, per completed request."""
@@ -590,11 +711,18 @@ class Session:
         return {**event, "end": max(float(event["start"]), arrival - latency), "arrival": arrival}
 
     def close(self) -> None:
+        """End the session: workers this session started exit; a worker started by hand is
+        released (it stays up for the next session), waiting briefly for it to confirm."""
         for remote in self.remotes.values():
             try:
-                remote.sock.send_multipart(pack({"type": "shutdown"}), zmq.NOBLOCK)
+                kind = "shutdown" if remote.local is not None else "release"
+                remote.sock.send_multipart(pack({"type": kind}), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
+        for remote in self.remotes.values():
+            if remote.local is None:
+                with contextlib.suppress(DeviceFailure, WireError, zmq.ZMQError):
+                    self._expect(remote, "released", 1.0, "")
         for remote in self.remotes.values():
             if remote.local is not None:
                 remote.local.stop()

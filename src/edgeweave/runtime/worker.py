@@ -14,15 +14,18 @@ What arrives is not trusted: `protocol` checks every message in full against the
 before any tensor is built, `Admission` bounds the requests held per sender, libzmq's MAXMSGSIZE
 cuts oversized frames, and a bad message is dropped and counted (`dropped` in the pong) while the
 worker keeps serving everyone else. With keys (CURVE) only members connect, and deploy, collect
-and shutdown are accepted only from the coordinator's key. Without keys (loopback only) the
-coordinator is the first connection that said hello: later connections cannot take it over, so
-a plaintext worker serves one coordinator in its lifetime (restart it for another).
+and shutdown are accepted only from the coordinator's key, and only on the connection of the
+session the worker serves (see `Worker`): a second coordinator, even with the right key, is told
+the worker is busy and cannot take it over. No frame is larger than the deployment's largest
+tensor or a deploy chunk (MAXMSGSIZE), connections per host are limited (`limits`), and memory
+of a refused large message is given back.
 """
 
 from __future__ import annotations
 
 import operator
 import queue
+import secrets
 import threading
 import time
 import traceback
@@ -40,6 +43,7 @@ from edgeweave.graph.opgraph import INPUT, OpGraph, OpNode
 from edgeweave.runtime import bands as band_ops
 from edgeweave.runtime.admission import Admission
 from edgeweave.runtime.deploy import load_weights_blob
+from edgeweave.runtime.limits import ConnectionLimit, release_memory
 from edgeweave.runtime.links import LinkShaper, LinkSpec, wait_until
 from edgeweave.runtime.protocol import (
     CONTROL,
@@ -54,6 +58,7 @@ from edgeweave.runtime.protocol import (
     check_probed,
     decode_data,
     frame_len,
+    join_deploy,
     parse_deploy,
     parse_header,
     value_spec,
@@ -63,7 +68,12 @@ from edgeweave.runtime.wire import pack
 
 HWM = 16  # messages a socket queues before its sender blocks
 MAX_EVENTS = 100_000  # telemetry kept between two collects
-DEFAULT_MAX_FRAME = 2 << 30  # a hand-started worker's frame limit before it knows its deployment
+# a hand-started worker's frame limit, fixed before it knows any deployment: weights and deploy
+# headers travel in DEPLOY_CHUNK frames, so only a peer's tensors may be larger than that
+DEFAULT_MAX_FRAME = 64 << 20
+LEASE_S = 5.0  # a session's coordinator connection silent this long (no ZMTP heartbeat) is gone
+MAX_CONNECTIONS_PER_HOST = 64  # a plan needs one per peer device and coordinator; more is an attack
+PROBE_MAX_AGE_S = 30.0  # a link probe that took longer than this is not a measurement
 Result = Callable[[int, torch.Tensor], None]
 
 
@@ -196,6 +206,17 @@ def _node(d: dict[str, Any]) -> OpNode:
     )
 
 
+@dataclass(frozen=True)
+class Message:
+    """A received message once its size and header are checked: what every handler gets."""
+
+    peer: bytes  # the ROUTER routing id of the connection it came on
+    frames: list[Any]
+    header: dict[str, Any]
+    sender: str | None  # the CURVE-authenticated member (None without keys)
+    owner: bool  # it came from the coordinator of the session this worker serves
+
+
 class Worker:
     """Serves one device. In a worker process the receive loop runs in the main thread; the
     source device's worker runs inside the coordinator's process (the robot's application).
@@ -204,6 +225,14 @@ class Worker:
     `max_frame_bytes` is libzmq's MAXMSGSIZE for the socket (fixed at bind, so the coordinator
     passes a limit derived from the deployment when it starts the worker); `remote_control=False`
     refuses deploy, collect and shutdown over the network (the source's worker is deployed in-process).
+
+    One session at a time, any number in a lifetime: the coordinator connection whose hello
+    finds the worker free owns it (`owner`) until it sends `release`, or until its connection is
+    gone (ZMTP heartbeats close a silent connection; a lease check then finds the owner
+    unreachable). Another coordinator's hello meanwhile gets `busy` and changes nothing.
+    `persistent` (what `edgeweave worker` is) turns `shutdown` into `release`: a hand-started
+    helper outlives its sessions. `nonce`, fresh per worker, is in every hello and pong, so a
+    coordinator notices a worker that restarted behind the same address.
     """
 
     def __init__(
@@ -216,23 +245,36 @@ class Worker:
         keyring: Keyring | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME,
         remote_control: bool = True,
+        persistent: bool = False,
     ):
         self.name = name
         self.ctx = ctx or zmq.Context.instance()
         self.keyring = keyring
         self.max_frame_bytes = max_frame_bytes
         self.remote_control = remote_control
+        self.persistent = persistent
+        self.nonce = secrets.token_hex(8)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.RCVHWM, HWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a peer that is gone says so
+        # ZMTP heartbeats: a connection silent for HEARTBEAT_TIMEOUT (a frozen or cut-off peer or
+        # coordinator) is closed by libzmq, so an owner that vanished is found by the lease check
+        self.router.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(LEASE_S * 1000))
+        # a connection that never completes its handshake holds a descriptor only this long
+        self.router.setsockopt(zmq.HANDSHAKE_IVL, 5000)
         if keyring is not None:
             curve_server(self.router, keyring)
         self.router.bind(endpoint)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.connections = ConnectionLimit(self.router, MAX_CONNECTIONS_PER_HOST)
         self.on_result = on_result
         self.deployment: Deployment | None = None
-        self.owner: bytes | None = None  # without keys: the connection that said hello first
+        self.owner: bytes | None = None  # the active session's coordinator connection
+        self.owner_seen = 0.0  # when the owner last sent anything (monotonic)
+        self.sessions = 0  # sessions served in this worker's life
         self.inbox: queue.Queue = queue.Queue()
         self.senders: dict[str, tuple[threading.Thread, queue.Queue]] = {}
         self.requests: dict[int, _Request] = {}
@@ -246,6 +288,21 @@ class Worker:
         self.stopping = threading.Event()
         self.compute_thread: threading.Thread | None = None
         self.recv_thread: threading.Thread | None = None
+        # a deployment is built in a thread of its own while this one keeps answering pings;
+        # the result is installed here: (peer, Deployment or the error that stopped it)
+        self.builder: threading.Thread | None = None
+        self.built: queue.Queue = queue.Queue()
+        self.handlers: dict[str, Callable[[Message], None]] = {
+            "data": self._on_data_msg,
+            "probed": self._on_probed,
+            "hello": self._on_hello,
+            "ping": self._on_ping,
+            "deploy": self._on_deploy,
+            "probe": self._on_probe,
+            "collect": self._on_collect,
+            "release": self._on_release,
+            "shutdown": self._on_shutdown,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -255,22 +312,37 @@ class Worker:
     def serve_forever(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        self.connections.start()
         while not self.stopping.is_set():
-            if not poller.poll(100):
+            self._install_built()
+            self.connections.check()
+            self._check_lease()
+            if not poller.poll(10 if self.builder is not None else 100):
                 continue
             frames = self.router.recv_multipart(copy=False)
-            try:
-                self._handle(frames[0].bytes, frames[1:])
-            except Drop as exc:
-                self.dropped += 1
-                self.drops[exc.reason] += 1
-            except Exception:  # a bug must not take the device down for everyone: count it, say it
-                self.dropped += 1
-                self.drops["internal error"] += 1
-                if self.drops["internal error"] <= 3:
-                    traceback.print_exc()
+            reason = self._serve_one(frames)
+            del frames
+            if reason == "too large":  # give the pages of a large refused message back
+                release_memory()
         self._stop_threads()
+        self.connections.stop()
         self.router.close(0)
+
+    def _serve_one(self, frames: list[Any]) -> str | None:
+        """Handle one message; the drop reason when it was dropped (counted), else None."""
+        try:
+            self._handle(frames[0].bytes, frames[1:])
+            return None
+        except Drop as exc:
+            self.dropped += 1
+            self.drops[exc.reason] += 1
+            return exc.reason
+        except Exception:  # a bug must not take the device down for everyone: count it, say it
+            self.dropped += 1
+            self.drops["internal error"] += 1
+            if self.drops["internal error"] <= 3:
+                traceback.print_exc()
+            return "internal error"
 
     def stop(self) -> None:
         self.stopping.set()
@@ -278,8 +350,15 @@ class Worker:
             self.recv_thread.join(timeout=5)
 
     # -- control -----------------------------------------------------------------------------
-    def _reply(self, peer: bytes, header: dict[str, Any], tensors=()) -> None:
-        self.router.send_multipart([peer, *pack(header, tensors)], copy=False)
+    def _reply(self, peer: bytes, header: dict[str, Any], tensors=()) -> bool:
+        """Send to one connection; False when it is gone or not reading (the reply is dropped)."""
+        try:
+            self.router.send_multipart([peer, *pack(header, tensors)], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                return False
+            raise
 
     def _sender(self, frames: list[Any]) -> str | None:
         """The member who sent a message, from its CURVE-authenticated ZAP User-Id (None without keys)."""
@@ -293,70 +372,138 @@ class Worker:
             raise Drop("not a member", "message without an authenticated member key")
         return member
 
-    def _from_coordinator(self, peer: bytes, sender: str | None) -> bool:
+    def _may_coordinate(self, sender: str | None) -> bool:
+        """Whether a connection may be a session's coordinator at all (its key, or no keys)."""
         if not self.remote_control:
             return False
-        if self.keyring is not None:
-            return sender == COORDINATOR
-        return peer == self.owner
+        return self.keyring is None or sender == COORDINATOR
 
     def _handle(self, peer: bytes, frames: list[Any]) -> None:
-        """Check a message in full (see `protocol`), then act on it; raises Drop to drop it."""
+        """Check a message's size and header (see `protocol`), then hand it to its handler;
+        raises Drop to drop it."""
         if not frames:
             raise Drop("schema", "empty message")
         sender = self._sender(frames)
-        coordinator = self._from_coordinator(peer, sender)
+        owner = self.owner is not None and peer == self.owner and self._may_coordinate(sender)
+        if owner:
+            self.owner_seen = time.monotonic()
         dep = self.deployment
-        if not coordinator:  # only the coordinator sends large or many-framed messages
+        if not owner:  # only the session's coordinator sends large or many-framed messages
             max_frames = max(2, dep.max_frames if dep else 1)
             if len(frames) > max_frames:
                 raise Drop("too large", f"{len(frames)} frames")
             limit = dep.max_data_bytes if dep else DATA_HEADER_LIMIT
             if sum(frame_len(f) for f in frames) > limit:
                 raise Drop("too large", "message exceeds the deployment's largest")
-        header = parse_header(frames[0], CONTROL_HEADER_LIMIT if coordinator else DATA_HEADER_LIMIT)
+        header = parse_header(frames[0], CONTROL_HEADER_LIMIT if owner else DATA_HEADER_LIMIT)
         kind = header["type"]
-        if kind == "data":
-            if dep is None:
-                raise Drop("not deployed", "data before deployment")
-            self._on_data(decode_data(header, frames, dep.expect, dep.admission, sender))
-            return
-        if kind == "probed":  # filler bytes that measured a link for the coordinator's estimate
-            src, nbytes, t_start = check_probed(header, frames, sender)
-            self.link_samples.append((src, nbytes, time.time() - t_start))
-            return
-        if kind in COORDINATOR_ONLY and not coordinator:
+        if kind in COORDINATOR_ONLY and not owner:
             raise Drop("not coordinator", f"{kind} from a peer that is not the coordinator")
         if kind in CONTROL:
             check_control(header, frames)
-        if kind == "hello":
-            if self.keyring is None and self.owner is None and self.remote_control:
-                self.owner = peer
-            self._reply(peer, {"type": "hello", "device": self.name, "max_frame_bytes": self.max_frame_bytes})
-        elif kind == "ping":
-            self._reply(
-                peer,
-                {
-                    "type": "pong",
-                    "device": self.name,
-                    "error": self.error,
-                    "dropped": self.dropped,
-                    "drops": dict(self.drops),
-                    "active": len(self.requests),
-                    "links": self.take_link_samples(),
-                },
-            )
-        elif kind == "deploy":
-            self._on_deploy(peer, header, frames)
-        elif kind == "probe":
-            check_probe(header, frames)
-            self.probe(header["dst"], header["bytes"])
-        elif kind == "collect":
-            self._reply(peer, {"type": "events", "device": self.name, "events": self.events, "error": self.error})
-            self.events = []
-        elif kind == "shutdown":
-            self._reply(peer, {"type": "bye", "device": self.name})
+        self.handlers[kind](Message(peer, frames, header, sender, owner))
+
+    def _on_data_msg(self, msg: Message) -> None:
+        dep = self.deployment
+        if dep is None:
+            raise Drop("not deployed", "data before deployment")
+        self._on_data(decode_data(msg.header, msg.frames, dep.expect, dep.admission, msg.sender))
+
+    def _on_probed(self, msg: Message) -> None:
+        """Filler bytes that measured a link for the coordinator's estimate: only from a peer of
+        this deployment, started in the last few seconds (a t_start far in the past would make
+        the link look slow and force a re-plan)."""
+        src, nbytes, t_start = check_probed(msg.header, msg.frames, msg.sender)
+        dep = self.deployment
+        if dep is None or src == self.name or src not in dep.peers:
+            raise Drop("spoofed", f"probe from {src[:40]!r}, not a peer of this deployment")
+        took = time.time() - t_start
+        if not 0.0 <= took <= PROBE_MAX_AGE_S:
+            raise Drop("schema", "probe start time out of range")
+        self.link_samples.append((src, nbytes, took))
+
+    def _on_hello(self, msg: Message) -> None:
+        if self._may_coordinate(msg.sender) and self.owner != msg.peer:
+            if self.owner is not None:  # the active session is left alone
+                self._reply(msg.peer, {"type": "busy", "device": self.name, "error": self._busy()})
+                return
+            self.owner, self.owner_seen = msg.peer, time.monotonic()
+            self.sessions += 1
+        self._reply(
+            msg.peer,
+            {"type": "hello", "device": self.name, "max_frame_bytes": self.max_frame_bytes, "nonce": self.nonce},
+        )
+
+    def _busy(self) -> str:
+        quiet = time.monotonic() - self.owner_seen
+        return (
+            f"worker {self.name} is serving another session (its coordinator was last heard {quiet:.0f} s ago); "
+            "it is free again when that session closes or its connection is gone"
+        )
+
+    def _on_ping(self, msg: Message) -> None:
+        self._reply(
+            msg.peer,
+            {
+                "type": "pong",
+                "device": self.name,
+                "nonce": self.nonce,
+                "yours": msg.owner,  # False: this connection's session is not (or no longer) served here
+                "deploying": self.builder is not None,
+                "error": self.error,
+                "dropped": self.dropped,
+                "drops": dict(self.drops),
+                "active": len(self.requests),
+                "links": self.take_link_samples() if msg.owner else [],
+            },
+        )
+
+    def _on_probe(self, msg: Message) -> None:
+        check_probe(msg.header, msg.frames)
+        self.probe(msg.header["dst"], msg.header["bytes"])
+
+    def _on_collect(self, msg: Message) -> None:
+        self._reply(msg.peer, {"type": "events", "device": self.name, "events": self.events, "error": self.error})
+        self.events = []
+
+    def _on_release(self, msg: Message) -> None:
+        self.release()
+        self._reply(msg.peer, {"type": "released", "device": self.name})
+
+    def _on_shutdown(self, msg: Message) -> None:
+        self._reply(msg.peer, {"type": "bye", "device": self.name})
+        if self.persistent:  # a hand-started helper outlives its sessions
+            self.release()
+        else:
             self.stopping.set()
+
+    def release(self) -> None:
+        """End the current session here: its deployment stops, the worker is free for the next."""
+        self._stop_threads()
+        self.deployment = None
+        self.requests.clear()
+        self.events = []
+        self.error = None
+        self.dropped = 0
+        self.drops = Counter()
+        self.link_samples.clear()
+        self.owner = None
+
+    def _check_lease(self) -> None:
+        """Free the worker when its session's coordinator is gone: after a quiet second, a lease
+        notice is sent to it; libzmq refuses it once the connection is closed (the coordinator
+        died, or its heartbeats stopped for LEASE_S)."""
+        if self.owner is None or time.monotonic() - self.owner_seen < 1.0:
+            return
+        try:
+            self.router.send_multipart([self.owner, *pack({"type": "lease", "device": self.name})], flags=zmq.NOBLOCK)
+            self.owner_seen = time.monotonic()
+        except zmq.Again:  # alive but not reading: still the owner
+            self.owner_seen = time.monotonic()
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.release()
 
     def take_link_samples(self) -> list[list[Any]]:
         """Incoming-transfer samples since the last call (the coordinator's estimator reads them)."""
@@ -365,24 +512,61 @@ class Worker:
             out.append(list(self.link_samples.popleft()))
         return out
 
-    def _on_deploy(self, peer: bytes, header: dict[str, Any], frames: list[Any]) -> None:
+    def _on_deploy(self, msg: Message) -> None:
+        """Check the message's frames against its envelope here, then build the deployment in a
+        thread of its own: pings are answered meanwhile, so the coordinator can tell a device
+        that is busy loading weights from one that froze or was cut off."""
         try:
-            has_weights = header.get("has_weights") is True
-            if len(frames) != 1 + has_weights:
-                raise ValueError(f"deploy message has {len(frames)} frames; has_weights is {has_weights}")
-            self.deploy(header, frames[1].bytes if has_weights else b"")
+            if self.builder is not None:
+                raise ValueError("a deployment is already being built here")
+            header, blob = join_deploy(msg.header, msg.frames)
+        except Exception as exc:
+            self._reply(msg.peer, {"type": "deployed", "device": self.name, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        held = self.deployment.weights if self.deployment is not None else None
+
+        def build() -> None:
+            try:
+                self.built.put((msg.peer, self.build(header, blob, held)))
+            except Exception as exc:  # reported to the coordinator by the receive thread
+                self.built.put((msg.peer, exc))
+
+        self.builder = threading.Thread(target=build, name=f"{self.name}-deploy", daemon=True)
+        self.builder.start()
+
+    def _install_built(self) -> None:
+        """In the receive thread: install a deployment the builder finished, and say so."""
+        if self.builder is None or self.built.empty():
+            return
+        peer, result = self.built.get()
+        self.builder = None
+        try:
+            if isinstance(result, Exception):
+                raise result
+            if peer != self.owner:  # its session ended while it was being built
+                raise ValueError("the session that sent this deployment is no longer served here")
+            self.install(result)
             self._reply(peer, {"type": "deployed", "device": self.name})
         except Exception as exc:  # report, do not die: the coordinator says what went wrong
             self._reply(peer, {"type": "deployed", "device": self.name, "error": f"{type(exc).__name__}: {exc}"})
 
     def deploy(self, msg: dict[str, Any], blob: bytes) -> None:
-        """Install a (new) deployment: stop the old one's threads, load only the shipped weights."""
+        """Install a (new) deployment at once (the source's worker, in the coordinator's process)."""
         held = self.deployment.weights if self.deployment is not None else None
-        deployment = Deployment(msg, blob, held)  # validates everything before the old one is stopped
+        self.install(self.build(msg, blob, held))
+
+    def build(self, msg: dict[str, Any], blob: bytes, held: dict[str, torch.Tensor] | None) -> Deployment:
+        """Validate and build a deployment (weights loaded, programs packed) without touching
+        the one running: nothing of it is used until `install`."""
+        deployment = Deployment(msg, blob, held)
         if self.keyring is not None:
             for dst in deployment.peers:
                 if dst != self.name:
                     self.keyring.public_of(dst)
+        return deployment
+
+    def install(self, deployment: Deployment) -> None:
+        """Stop the old deployment's threads and start the new one's."""
         self._stop_threads()
         self.deployment = deployment
         self.requests.clear()
@@ -597,9 +781,13 @@ def serve(
     keys: Path | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME,
     keyring: Keyring | None = None,
+    persistent: bool = True,
 ) -> None:
-    """Run a worker process until told to shut down; announces its bound endpoint first.
+    """Run a worker process; announces its bound endpoint first.
 
+    `persistent` (`edgeweave worker`, a helper started by hand): it serves one session after
+    another and never exits on a coordinator's word. A local worker that a session started
+    (persistent=False) exits when that session tells it to, or when the session's process is gone.
     With `keys`, the worker loads its own secret key (`keys/NAME.key_secret`) and admits only
     the members whose public keys are in that folder; a `keyring` (a session's ephemeral keys,
     given to a local worker on stdin) does the same without files.
@@ -611,7 +799,7 @@ def serve(
         keyring = load_keyring(keys, name)
     ctx = zmq.Context.instance()
     try:
-        worker = Worker(name, listen, ctx, keyring=keyring, max_frame_bytes=max_frame_bytes)
+        worker = Worker(name, listen, ctx, keyring=keyring, max_frame_bytes=max_frame_bytes, persistent=persistent)
         announce(f"READY {worker.endpoint}")
         worker.serve_forever()
     finally:
