@@ -125,12 +125,13 @@ def print_comparison(results: list[dict[str, Any]], title: str | None = None) ->
         padding=(0, 1),
         title_justify="left",
     )
-    columns = ["strategy", "frame\nms", "frame\npred", "stream\np50 ms", "frames/s", "frames/s\npred"]
+    columns = ["frame\nms", "pred\nms", "stream\np50 ms", "frames\nper s", "pred\nper s"]
     if energy:
-        columns.append("source J")
+        columns.append("src J")
     columns.append("exact")
+    table.add_column("strategy", no_wrap=True, min_width=max(len(r["strategy"]) for r in results))
     for col in columns:
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+        table.add_column(col, justify="right", no_wrap=True)
     for r in results:
         p = r["predicted"]
         row = [
