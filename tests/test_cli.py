@@ -442,7 +442,7 @@ def test_emulation_warns_about_fast_devices_and_oversubscribed_cores() -> None:
     plan = SimpleNamespace(strategy="pipeline", tasks=[SimpleNamespace(kind="compute", device=d) for d in ("a", "b")])
     warnings = emulation_warnings(plan, cluster, cores=1)
     assert any("device b has speed 4" in w and "up to 4x their predicted time" in w for w in warnings)
-    assert any("speeds summing to 1.80 on 1 cores" in w for w in warnings)
+    assert any("speeds summing to 1.80 on 1.0 free cores" in w for w in warnings)
     assert emulation_warnings(plan, cluster, cores=16) == [warnings[0]]
 
 

@@ -71,15 +71,23 @@ def bench(
         print_summary(results)
 
 
-def emulation_warnings(plan: Any, cluster: Any, cores: int | None = None) -> list[str]:
+def free_cores() -> float:
+    """Cores not busy with other work right now (the 1-minute load average), at least one."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1.0, cores - load)
+
+
+def emulation_warnings(plan: Any, cluster: Any, cores: float | None = None) -> list[str]:
     """Warnings for devices this machine cannot emulate faithfully, with the distortion to expect.
 
     Emulated devices are worker processes on this host, slowed to their `speed`; a device faster
     than this machine (speed > 1) computes at this machine's speed instead, and devices that
-    compute at once share its cores. Both make measurements slower than predictions, silently
-    unless said here (a small ViT on home-4 measured 0.42x its predicted throughput).
+    compute at once (every stage, in a stream) share its free cores. Both make measurements
+    slower than predictions, silently unless said here (a small ViT on home-4 measured 0.42x its
+    predicted throughput). `cores`: the free cores (default: `free_cores()`).
     """
-    cores = cores or os.cpu_count() or 1
+    cores = free_cores() if cores is None else cores
     computing = sorted({t.device for t in plan.tasks if t.kind == "compute"})
     out = []
     fast = {d: cluster.devices[d].speed for d in computing if d in cluster.devices and cluster.devices[d].speed > 1}
@@ -89,10 +97,11 @@ def emulation_warnings(plan: Any, cluster: Any, cores: int | None = None) -> lis
             f"its tasks will take up to {speed:g}x their predicted time"
         )
     total = sum(min(cluster.devices[d].speed, 1.0) for d in computing if d in cluster.devices)
-    if len(computing) > 1 and total > cores:
+    if len(computing) > 1 and total > cores + 0.1:
         out.append(
             f"{plan.strategy}: devices {', '.join(computing)} compute at once with speeds summing to {total:.2f} "
-            f"on {cores} cores: expect up to {total / cores:.1f}x slower compute and lower throughput than predicted"
+            f"on {cores:.1f} free cores: expect up to {total / cores:.1f}x slower compute and lower throughput "
+            "than predicted"
         )
     return out
 
