@@ -418,7 +418,7 @@ BAD_FILES = [
     ("source: a\ndevices:\n  a: {speed: 1}\n", "devices.a.memory: is required"),
     (
         "source: a\ndevices:\n  a: {speed: 1, memory: 1GiB, colour: red}\n",
-        "devices.a.colour: unknown key (expected one of: speed, memory, power, address)",
+        "devices.a.colour: unknown key (expected one of: speed, memory, power, address, profile, kind)",
     ),
     (
         "source: a\ndevices:\n  a: {speed: 1, memory: 1GiB, power: {idle_w: -1}}\n",
@@ -436,7 +436,7 @@ BAD_FILES = [
     ("source: a\ndevices: [a, b]\n", "devices: must be a mapping, got ['a', 'b']"),
     (
         "source: a\nsauce: b\n" + DEVICES_AB,
-        "sauce: unknown key (expected one of: name, description, source, devices, links)",
+        "sauce: unknown key (expected one of: name, description, source, kinds, devices, links)",
     ),
     (
         "source: a\n" + DEVICES_AB + "links:\n  a-b: {bandwidth: 50}\n",
@@ -514,3 +514,88 @@ def test_unreadable_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(UserError, match="not a UTF-8 text file"):
         Cluster.load(binary)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-device profiles (issue 14, item 3)
+
+
+def chain_profile(model: str, times: list[float], names: list[str] | None = None) -> dict:
+    names = names or [f"n{i}" for i in range(len(times))]
+    nodes, prev = [], "input"
+    for name, t in zip(names, times, strict=True):
+        nodes.append({"name": name, "time_s": t, "out_bytes": 1000, "param_bytes": 10, "inputs": [prev]})
+        prev = name
+    return {"model": model, "input_bytes": 1000, "nodes": nodes}
+
+
+def write_cluster_with_profiles(tmp_path: Path, board_times: list[float], names: list[str] | None = None) -> Path:
+    (tmp_path / "board.json").write_text(json.dumps(chain_profile("toy", board_times, names)))
+    (tmp_path / "c.yaml").write_text(
+        "source: host\n"
+        "kinds:\n"
+        "  board: {speed: 0.5, memory: 1GiB, profile: board.json}\n"
+        "devices:\n"
+        "  host: {speed: 1, memory: 4GiB}\n"
+        "  b1: {kind: board}\n"
+        "  b2: {kind: board, memory: 2GiB}\n"
+        "links:\n"
+        "  default: {bandwidth: 1Gbps, latency: 1ms}\n"
+    )
+    return tmp_path / "c.yaml"
+
+
+def test_kinds_fill_devices_and_a_device_profile_replaces_time_over_speed(tmp_path: Path) -> None:
+    from edgeweave.cost.profile import Profile
+    from edgeweave.plan.costmodel import PipelineModel
+
+    path = write_cluster_with_profiles(tmp_path, [0.1, 2.0, 0.3])
+    cluster = Cluster.load(path)
+    assert cluster.devices["b1"].profile == "board.json" and cluster.devices["b1"].speed == 0.5
+    assert cluster.devices["b2"].memory_bytes == 2 * 2**30  # the device's own field wins
+    assert Cluster.from_dict(cluster.to_dict()) == cluster  # kinds expand; the round trip holds
+    model = Profile.from_data(chain_profile("toy", [1.0, 1.0, 1.0]))
+    pm = PipelineModel.build(model, cluster)
+    assert pm.compute(0, 3, pm.devices.index("host")) == pytest.approx(3.0)  # time_s / speed
+    b1 = pm.devices.index("b1")
+    assert pm.compute(0, 3, b1) == pytest.approx(2.4)  # its own profile, not 3.0 / 0.5
+    assert pm.compute(1, 2, b1) == pytest.approx(2.0) and pm.compute(0, 1, b1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("times", "names", "why"),
+    [
+        ([0.1, 0.2], None, "2 nodes, the model's profile has 3"),
+        ([0.1, 0.2, 0.3], ["n0", "other", "n2"], "node 1 is 'other', the model's is 'n1'"),
+    ],
+)
+def test_a_device_profile_of_another_model_is_one_line_naming_device_and_file(
+    tmp_path: Path, times: list[float], names: list[str] | None, why: str
+) -> None:
+    from edgeweave.cost.profile import Profile
+    from edgeweave.plan.costmodel import PipelineModel
+
+    cluster = Cluster.load(write_cluster_with_profiles(tmp_path, times, names))
+    model = Profile.from_data(chain_profile("toy", [1.0, 1.0, 1.0]))
+    with pytest.raises(UserError) as err:
+        PipelineModel.build(model, cluster)
+    message = str(err.value)
+    assert message.startswith("device b1: profile ") and "board.json" in message and why in message
+    assert "\n" not in message and err.value.exit_code == 2
+
+
+def test_bad_kinds_are_one_line() -> None:
+    with pytest.raises(UserError, match=r"devices.a.kind: unknown kind 'gpu' \(kinds: none defined\)"):
+        Cluster.from_yaml("source: a\ndevices:\n  a: {kind: gpu}\n")
+    with pytest.raises(UserError, match=r"kinds.gpu.colour: unknown key"):
+        Cluster.from_yaml("source: a\nkinds:\n  gpu: {colour: red}\ndevices:\n  a: {kind: gpu}\n")
+    with pytest.raises(UserError, match=r"device b1: profile .*missing.json"):
+        from edgeweave.cost.profile import Profile
+        from edgeweave.plan.costmodel import PipelineModel
+
+        cluster = Cluster.from_yaml(
+            "source: a\ndevices:\n  a: {speed: 1, memory: 1GiB}\n"
+            "  b1: {speed: 1, memory: 1GiB, profile: missing.json}\n"
+            "links:\n  default: {bandwidth: 1Gbps, latency: 1ms}\n"
+        )
+        PipelineModel.build(Profile.from_data(chain_profile("toy", [1.0])), cluster)

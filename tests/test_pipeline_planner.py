@@ -40,9 +40,16 @@ def random_model(rng: np.random.Generator, L: int, N: int, kind: str) -> Pipelin
         lat[:, 1:] = lat[0, 1]
     np.fill_diagonal(bw, np.inf)
     np.fill_diagonal(lat, 0.0)
+    times = rng.uniform(0.1, 3.0, L)
+    device_times = None
+    if kind == "profiles":  # each device measured on its own: times not proportional to one speed
+        device_times = times[None, :] * rng.uniform(0.2, 4.0, (N, L))
+        if N >= 3:  # two devices of one kind (one profile): still a class of the planner
+            device_times[2] = device_times[1]
+            speed[2], memory[2] = speed[1], memory[1]
     return PipelineModel(
         model="random",
-        times=rng.uniform(0.1, 3.0, L),
+        times=times,
         params=rng.integers(0, 400, L),
         out_bytes=rng.integers(1, 100, L),
         cut_bytes=rng.integers(1, 300, L + 1),
@@ -52,7 +59,16 @@ def random_model(rng: np.random.Generator, L: int, N: int, kind: str) -> Pipelin
         source=int(rng.integers(0, N)),
         bandwidth=bw,
         latency=lat,
+        device_times=device_times,
     )
+
+
+def node_times(pm: PipelineModel, device: int, start: int, end: int) -> float:
+    """Compute time of nodes [start, end) on a device: its own profile's times where it has one
+    (cluster `profile:`), else the reference times / speed (design notes, cluster YAML)."""
+    if pm.device_times is not None:
+        return float(pm.device_times[device, start:end].sum())
+    return float(pm.times[start:end].sum()) / float(pm.speed[device])
 
 
 def design_costs(pm: PipelineModel, stages: list[Stage]) -> tuple[float, float, bool]:
@@ -62,7 +78,7 @@ def design_costs(pm: PipelineModel, stages: list[Stage]) -> tuple[float, float, 
     fits = True
     prev = pm.source
     for s in stages:
-        compute = float(pm.times[s.start : s.end].sum()) / float(pm.speed[s.device])
+        compute = node_times(pm, s.device, s.start, s.end)
         times.append(compute)
         busy.append(compute)
         if prev != s.device:
@@ -99,7 +115,7 @@ def brute_force(pm: PipelineModel, objective: str) -> float | None:
     return best
 
 
-KINDS = ["general", "uniform", "classes", "classes-uniform"]
+KINDS = ["general", "uniform", "classes", "classes-uniform", "profiles"]
 
 
 @pytest.mark.parametrize("objective", ["throughput", "latency"])
@@ -190,14 +206,13 @@ def reference_dp(pm: PipelineModel, objective: str) -> float | None:
     the bottleneck, min-sum for latency, every device pair and cut priced on its own."""
     L, N = pm.num_nodes, pm.num_devices
     inf = float("inf")
-    prefix = np.concatenate([[0.0], np.cumsum(pm.times)])
     stage = np.full((N, L + 1, L + 1), inf)  # compute time of nodes [a, b) on d, inf if over memory
     for d in range(N):
         for a in range(L):
             for b in range(a + 1, L + 1):
                 memory = int(pm.params[a:b].sum()) + int(pm.out_bytes[a:b].max())
                 if memory <= int(pm.memory[d]):
-                    stage[d, a, b] = (prefix[b] - prefix[a]) / float(pm.speed[d])
+                    stage[d, a, b] = node_times(pm, d, a, b)
 
     def link(a: int, b: int, cut: int) -> tuple[float, float]:  # (occupancy, transfer time)
         if a == b:
@@ -236,7 +251,7 @@ def test_planner_matches_reference_dp_beyond_brute_force(objective: str) -> None
     checked = 0
     for trial in range(8):
         L, N = int(rng.integers(12, 19)), int(rng.integers(6, 8))
-        pm = random_model(rng, L, N, "general" if trial % 2 else "classes")
+        pm = random_model(rng, L, N, ("general", "classes", "profiles")[trial % 3])
         pm.memory[:] = np.maximum(pm.memory, int(pm.params.sum()) // 3)  # a plan exists, memory still binds
         expected = reference_dp(pm, objective)
         if expected is None:

@@ -266,6 +266,34 @@ def test_pipeline_with_transfer_bottleneck(seed: int) -> None:
     assert busiest.utilisation > 0.9
 
 
+@pytest.mark.parametrize("strategy", ["pipeline", "pipedream", "neurosurgeon", "dads", "even"])
+def test_device_profiles_reach_plans_and_the_simulator(tmp_path: Path, strategy: str) -> None:
+    """A cluster where one kind of board carries its own profile (cluster `profile:`), its times
+    not proportional to the reference's: every layer-wise plan's compute tasks take that board's
+    times, and the simulator, which only reads the plan, predicts exactly the cost model."""
+    from edgeweave.plan.strategies import make_plan
+
+    rng = np.random.default_rng(4)
+    model = toy_profile(rng, 12, skips=True)
+    own = model.model_dump()
+    for node in own["nodes"]:
+        node["time_s"] *= float(rng.uniform(0.1, 3.0))  # a GPU board: some ops far faster, some slower
+    (tmp_path / "board.json").write_text(json.dumps(own))
+    (tmp_path / "c.yaml").write_text(
+        "source: host\nkinds:\n  board: {speed: 1.0, memory: 1GiB, profile: board.json}\n"
+        "devices:\n  host: {speed: 0.3, memory: 1GiB}\n  b1: {kind: board}\n  b2: {kind: board}\n"
+        "links:\n  default: {bandwidth: 100Mbps, latency: 1ms}\n"
+    )
+    cluster = Cluster.load(tmp_path / "c.yaml")
+    board = np.array([n["time_s"] for n in own["nodes"]])
+    plan = make_plan(model, cluster, strategy, "throughput")
+    for task in plan.compute_tasks:
+        expected = board[task.nodes].sum() if task.device != "host" else model.times[task.nodes].sum() / 0.3
+        assert task.time_s == pytest.approx(expected, rel=1e-12)
+    result = simulate(plan, 100)
+    assert result.single_latency_s == pytest.approx(plan.cost_model["latency_s"], rel=1e-9)
+
+
 def test_residual_plans_carry_several_values() -> None:
     """The skip connections really make some cut carry more than one tensor in these tests."""
     assert any(len(t.values) > 1 for seed in range(16) for t in pipeline_plan(seed, skips=True).transfer_tasks)

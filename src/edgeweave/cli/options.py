@@ -232,6 +232,15 @@ SplitAxisOpt = Annotated[
     str | None,
     typer.Option("--split-axis", help="hybrid: split feature maps by rows or cols.", show_default=False),
 ]
+TimeBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--time-budget",
+        help="pipeline: stop the exact search after this many seconds with the best plan found, a proven "
+        "lower bound and the gap (in the JSON's search block).",
+        show_default=False,
+    ),
+]
 CacheOpt = Annotated[
     Path | None,
     typer.Option(
@@ -259,6 +268,7 @@ class PlanningOptions:
     split_ratios: SplitRatiosOpt = None
     chunks: ChunksOpt = None
     split_axis: SplitAxisOpt = None
+    time_budget: TimeBudgetOpt = None
     cache_dir: CacheOpt = None
     no_cache: NoCacheOpt = False
 
@@ -279,7 +289,11 @@ class PlanningOptions:
                 )
         if self.energy_scope not in ENERGY_SCOPES:
             raise UserError(f"unknown --energy-scope {self.energy_scope!r}; choose one of {', '.join(ENERGY_SCOPES)}")
-        for flag, value in (("--energy-budget", self.energy_budget), ("--deadline", self.deadline)):
+        for flag, value in (
+            ("--energy-budget", self.energy_budget),
+            ("--deadline", self.deadline),
+            ("--time-budget", self.time_budget),
+        ):
             if value is not None and not value > 0:
                 raise UserError(f"{flag} must be > 0, got {value:g}")
         check_rate(self.rate)
@@ -314,6 +328,7 @@ class PlanningOptions:
             "energy_budget_j": self.energy_budget,
             "deadline_s": self.deadline,
             "hybrid": hybrid if strategy == "hybrid" else None,
+            "time_budget_s": self.time_budget,
         }
 
 

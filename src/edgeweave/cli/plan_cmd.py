@@ -34,6 +34,8 @@ def plan_summary(plan: Plan, plan_time_s: float | None = None) -> dict[str, Any]
     }
     if plan.stages is not None:
         out["stages"] = [s.model_dump() for s in plan.stages]
+    if "search" in plan.cost_model:  # the exact pipeline search: proven optimal, or its gap
+        out["search"] = plan.cost_model["search"]
     source = getattr(plan, "profile_source", None)
     if source is not None:
         out["profile"] = source

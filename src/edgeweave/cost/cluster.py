@@ -46,6 +46,7 @@ from edgeweave.cost.units import (
 from edgeweave.errors import UserError
 
 DEFAULT_LINK = "default"
+DEVICE_KEYS = ("speed", "memory", "power", "address", "profile", "kind")
 
 # Names are joined by "-" and "->" in link keys and typed on command lines: keep them plain.
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*$")
@@ -189,7 +190,11 @@ class Device(BaseModel):
 
     YAML spells memory with a unit (`memory: 4GiB`, or a plain int of bytes); Python passes
     `memory_bytes`. `address` (e.g. `tcp://10.0.0.2:5555`) is where the runtime reaches an
-    already running worker; without it the runtime starts a local one.
+    already running worker; without it the runtime starts a local one. `profile` names a profile
+    JSON measured on this device (`edgeweave profile` there): its per-node times replace
+    time_s / speed wherever per-node times are read (`Cluster.device_times`), since one speed
+    factor cannot say that a GPU board speeds up convolutions far more than element-wise ops;
+    `speed` stays the one-number summary for whatever scales a single figure.
     """
 
     model_config = _MODEL_CONFIG
@@ -199,11 +204,12 @@ class Device(BaseModel):
     memory_bytes: int = Field(gt=0)
     power: PowerModel | None = None
     address: str | None = None
+    profile: str | None = None  # a profile JSON measured on this device; relative to the cluster file
 
     @model_validator(mode="before")
     @classmethod
     def _yaml_spelling(cls, data: Any) -> Any:
-        _check_keys(data, ("speed", "memory", "power", "address"), ("name", "memory_bytes"))
+        _check_keys(data, DEVICE_KEYS, ("name", "memory_bytes"))
         if isinstance(data, Mapping):
             data = _take_unit_field(dict(data), "memory", "memory_bytes", parse_bytes)
         return data
@@ -222,6 +228,13 @@ class Device(BaseModel):
         if isinstance(speed, bool):
             raise ValueError(f"must be a number, got {speed!r}")
         return speed
+
+    @field_validator("profile")
+    @classmethod
+    def _non_empty_profile(cls, profile: str | None) -> str | None:
+        if profile is not None and not profile.strip():
+            raise ValueError("must name a profile JSON file, or leave it out")
+        return profile
 
     @field_validator("address")
     @classmethod
@@ -375,7 +388,10 @@ class Cluster(BaseModel):
     """Devices (in the order of the file), links, and the `source` device.
 
     The source is where the input is produced and where the output must end up. Link keys are
-    `default`, `a-b` and `a->b` (see `_resolve_links` for precedence). Build one with
+    `default`, `a-b` and `a->b` (see `_resolve_links` for precedence). `kinds` (YAML only) gives
+    defaults that a device names with `kind: NAME` (speed, memory, power, profile: every device
+    of a kind measured once); the device's own fields win, and the expanded devices are what
+    the cluster holds. Build one with
     `Cluster.load(path)` or `Cluster.from_dict(data)` to get one-line `UserError`s; the plain
     constructor raises pydantic's `ValidationError`.
     """
@@ -395,14 +411,17 @@ class Cluster(BaseModel):
     @classmethod
     def _name_devices(cls, data: Any) -> Any:
         """Give each device its key as name (YAML does not repeat it) and check the names."""
-        _check_keys(data, ("name", "description", "source", "devices", "links"))
+        _check_keys(data, ("name", "description", "source", "kinds", "devices", "links"))
         if not isinstance(data, Mapping):
             return data
         data = dict(data)
         if data.get("links", {}) is None:
             data["links"] = {}
+        kinds = data.pop("kinds", None) or {}
+        if not isinstance(kinds, Mapping):
+            raise _problem("kinds", "expected a mapping of kind names to device fields")
         if isinstance(data.get("devices"), Mapping):
-            data["devices"] = _named_devices(data["devices"])
+            data["devices"] = _named_devices(_with_kinds(data["devices"], kinds))
         return data
 
     @model_validator(mode="after")
@@ -533,6 +552,50 @@ class Cluster(BaseModel):
         path = Path(trace)
         return path if path.is_absolute() else (self._base_dir or Path.cwd()) / path
 
+    def profile_path(self, name: str) -> Path | None:
+        """The file of device `name`'s own profile, resolved against the cluster file's folder."""
+        given = self.device(name).profile
+        if given is None:
+            return None
+        path = Path(given).expanduser()
+        return path if path.is_absolute() else (self._base_dir or Path.cwd()) / path
+
+    def device_times(self, profile: Any, names: Iterable[str]) -> dict[str, Any]:
+        """Per-node times of each device in `names` that has its own profile (name -> array).
+
+        The device's profile must be of the same model as `profile` (the one planned with): same
+        node count and names in the same order, else a one-line UserError naming the device and
+        the file. Planners call this once, through `PipelineModel.build`.
+        """
+        from edgeweave.cost.profile import Profile
+
+        out: dict[str, Any] = {}
+        loaded: dict[Path, Profile] = {}
+        want = [n.name for n in profile.nodes]
+        for name in names:
+            path = self.profile_path(name)
+            if path is None:
+                continue
+            if path not in loaded:
+                try:
+                    loaded[path] = Profile.load(path)
+                except UserError as exc:
+                    raise UserError(f"device {name}: profile {exc}") from None
+            own = loaded[path]
+            got = [n.name for n in own.nodes]
+            if got != want:
+                if len(got) != len(want):
+                    why = f"{len(got)} nodes, the model's profile has {len(want)}"
+                else:
+                    i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+                    why = f"node {i} is {got[i]!r}, the model's is {want[i]!r}"
+                raise UserError(
+                    f"device {name}: profile {path} was measured for another model "
+                    f"({own.model!r}: {why}); profile {profile.model!r} on that device"
+                )
+            out[name] = own.times
+        return out
+
     def is_uniform(self) -> bool:
         """True when every ordered pair of distinct devices has the same bandwidth and latency."""
         names = self.device_names
@@ -584,12 +647,34 @@ def _named_devices(devices: Mapping[Any, Any]) -> dict[str, Any]:
     return named
 
 
+def _with_kinds(devices: Mapping[Any, Any], kinds: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Devices with the fields of their `kind` filled in (a device's own fields win)."""
+    for kname, spec in kinds.items():
+        if not isinstance(spec, Mapping):
+            raise _problem(f"kinds.{kname}", "expected device fields (speed, memory, power, profile)")
+        for key in spec:
+            if key not in DEVICE_KEYS or key == "kind":
+                raise _problem(f"kinds.{kname}.{key}", "unknown key (expected one of: speed, memory, power, profile)")
+    out: dict[Any, Any] = {}
+    for name, spec in devices.items():
+        if isinstance(spec, Mapping) and "kind" in spec:
+            kind = spec["kind"]
+            if kind not in kinds:
+                known = ", ".join(map(str, kinds)) or "none defined"
+                raise _problem(f"devices.{name}.kind", f"unknown kind {kind!r} (kinds: {known})")
+            spec = {**kinds[kind], **{k: v for k, v in spec.items() if k != "kind"}}
+        out[name] = spec
+    return out
+
+
 def _device_to_dict(device: Device) -> dict[str, Any]:
     out: dict[str, Any] = {"speed": device.speed, "memory": exact_bytes(device.memory_bytes)}
     if device.power is not None:
         out["power"] = device.power.model_dump(exclude_none=True)
     if device.address is not None:
         out["address"] = device.address
+    if device.profile is not None:
+        out["profile"] = device.profile
     return out
 
 

@@ -121,14 +121,14 @@ def _stage_memory_matrix(pm: PipelineModel) -> np.ndarray:
     return pm.prefix_params[None, :] - pm.prefix_params[:, None] + peak
 
 
-def _stage_cost_matrix(pm: PipelineModel, speed: float, memory: float) -> np.ndarray:
-    """comp[p, q]: compute time of stage [p, q) on a device of `speed`; inf where invalid.
+def _stage_cost_matrix(pm: PipelineModel, device: int, memory: float) -> np.ndarray:
+    """comp[p, q]: compute time of stage [p, q) on `device` (its own profile, if it has one);
+    inf where invalid.
 
     Invalid: empty or backwards ranges, stages over `memory`, boundaries not in `pm.allowed`.
     """
     L = pm.num_nodes
-    pt = pm.prefix_time
-    comp = (pt[None, :] - pt[:, None]) / speed
+    comp = pm.stage_times(device)
     idx = np.arange(L + 1)
     ok = _internal_cuts_ok(pm)
     valid = (idx[None, :] > idx[:, None]) & ok[:, None] & ok[None, :]
@@ -154,7 +154,7 @@ def pipedream(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
     ref = order[0]
     link_lat = float(pm.latency[ref, order[1]]) if len(order) > 1 else 0.0
     link_bw = float(pm.bandwidth[ref, order[1]]) if len(order) > 1 else np.inf
-    comp = _stage_cost_matrix(pm, float(pm.speed[ref]), float(pm.memory[ref]))
+    comp = _stage_cost_matrix(pm, ref, float(pm.memory[ref]))
     trans = pm.cut_bytes / link_bw  # into a stage starting at cut p: the link's occupancy
     if objective == "latency":
         trans = trans + link_lat  # one request also waits for the latency
@@ -220,11 +220,10 @@ def neurosurgeon_latencies(pm: PipelineModel, remote: int) -> np.ndarray:
     Invalid: a part over its device's memory, or a cut outside `pm.allowed`.
     """
     L, src = pm.num_nodes, pm.source
-    pt = pm.prefix_time
-    lat = pt / pm.speed[src] + (pt[L] - pt) / pm.speed[remote]
+    lat = pm.head_tail_times(src, remote)
     lat += pm.latency[src, remote] + pm.cut_bytes / pm.bandwidth[src, remote]
     lat += pm.latency[remote, src] + pm.cut_bytes[L] / pm.bandwidth[remote, src]
-    lat[L] = pt[L] / pm.speed[src]
+    lat[L] = pm.compute(0, L, src)
     ok = _internal_cuts_ok(pm) & (_prefix_memory(pm) <= pm.memory[src]) & (_suffix_memory(pm) <= pm.memory[remote])
     return np.where(ok, lat, np.inf)
 
@@ -276,8 +275,8 @@ def _dads_edges(profile: Profile, pm: PipelineModel, remote: int) -> list[tuple[
     readers: dict[str, list[int]] = {}
     index = {n.name: i for i, n in enumerate(profile.nodes)}
     for i, node in enumerate(profile.nodes):
-        edges.append((_S, i, float(pm.times[i] / pm.speed[remote])))
-        edges.append((i, _T, float(pm.times[i] / pm.speed[src])))
+        edges.append((_S, i, float(pm.node_time[remote, i])))
+        edges.append((i, _T, float(pm.node_time[src, i])))
         edges.append((_ANY_REMOTE, i, None))
         for ref in dict.fromkeys(node.inputs):
             readers.setdefault(ref, []).append(i)
@@ -334,7 +333,7 @@ def dads_cut(profile: Profile, pm: PipelineModel, remote: int) -> tuple[float, l
 def _link_key(pm: PipelineModel, e: int) -> tuple:
     """Remote devices with equal keys have the same DADS cut (memory is checked afterwards)."""
     s = pm.source
-    return (pm.speed[e], pm.bandwidth[s, e], pm.bandwidth[e, s], pm.latency[s, e], pm.latency[e, s])
+    return (pm.node_time[e].tobytes(), pm.bandwidth[s, e], pm.bandwidth[e, s], pm.latency[s, e], pm.latency[e, s])
 
 
 def dads(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
@@ -345,7 +344,7 @@ def dads(profile: Profile, pm: PipelineModel, objective: str) -> Placement:
     than Neurosurgeon's best contiguous cut (with enough memory). Like DADS, the cut ignores
     memory; among the devices, a placement that fits is preferred, and if none fits the best
     one is returned anyway (the plan then carries a note). Cost: one networkx max-flow per
-    distinct remote (same speed and links share a cut), about 0.3 s for 900 nodes.
+    distinct remote (same node times and links share a cut), about 0.3 s for 900 nodes.
     """
     candidates: list[Placement] = [local(profile, pm, objective)]
     cuts: dict[tuple, tuple[list[int], list[int]]] = {}

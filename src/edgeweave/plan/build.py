@@ -78,7 +78,7 @@ def evaluate_placement(profile: Profile, pm: PipelineModel, placement: Placement
     compute, t_in, occ_in, b_in, memory = [], [], [], [], []
     prev = pm.source
     for (dev, nodes), values in zip(placement, crossing, strict=True):
-        compute.append(float(pm.times[nodes].sum()) / float(pm.speed[dev]))
+        compute.append(pm.nodes_time(nodes, dev))  # the device's own profile, if it has one
         nbytes = sum(profile.value_bytes(v) for v in values)
         b_in.append(nbytes if prev != dev else 0)
         occ_in.append(pm.link_time(prev, dev, nbytes))

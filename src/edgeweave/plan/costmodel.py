@@ -109,6 +109,11 @@ class PipelineModel:
                     bw[i, j] = link.bandwidth_bps / 8.0
                     lat[i, j] = link.latency_s
         devs = [cluster.devices[d] for d in names]
+        own = cluster.device_times(profile, names)  # devices measured on their own (cluster `profile:`)
+        device_times = None
+        if own:
+            rows = [own[d] if d in own else profile.times / dev.speed for d, dev in zip(names, devs, strict=True)]
+            device_times = np.stack(rows)
         return cls(
             model=profile.model,
             times=profile.times,
@@ -122,6 +127,7 @@ class PipelineModel:
             bandwidth=bw,
             latency=lat,
             node_names=[nd.name for nd in profile.nodes],
+            device_times=device_times,
         )
 
     @property
@@ -138,9 +144,27 @@ class PipelineModel:
         return float(self.prefix_dev[device, end] - self.prefix_dev[device, start])
 
     def nodes_time(self, nodes, device: int) -> float:
-        """Compute time of any set of nodes (indices or a mask) on `device`: the one place every
-        planner reads per-node times, so per-device profiles reach them all."""
+        """Compute time of any set of nodes (indices, a mask or a slice) on `device`: the one
+        place layer-wise planners read per-node times, so per-device profiles reach them all."""
+        if self.device_times is None:
+            return float(self.times[nodes].sum()) / float(self.speed[device])
         return float(self.node_time[device, nodes].sum())
+
+    def stage_times(self, device: int) -> np.ndarray:
+        """[L + 1, L + 1]: compute time of stage [p, q) on `device` (negative where q < p)."""
+        if self.device_times is None:
+            pt = self.prefix_time
+            return (pt[None, :] - pt[:, None]) / float(self.speed[device])
+        pre = self.prefix_dev[device]
+        return pre[None, :] - pre[:, None]
+
+    def head_tail_times(self, head: int, tail: int) -> np.ndarray:
+        """[L + 1]: nodes [0, p) on `head` plus nodes [p, L) on `tail`, for every cut p."""
+        if self.device_times is None:
+            pt, L = self.prefix_time, self.num_nodes
+            return pt / self.speed[head] + (pt[L] - pt) / self.speed[tail]
+        a, b = self.prefix_dev[head], self.prefix_dev[tail]
+        return a + (b[-1] - b)
 
     def stage_memory(self, start: int, end: int) -> int:
         return int(self.prefix_params[end] - self.prefix_params[start] + self.out_bytes[start:end].max())

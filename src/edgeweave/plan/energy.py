@@ -230,7 +230,7 @@ def _hybrid(profile: Profile, graph: OpGraph, cluster: Cluster, pm: PipelineMode
         gridded.add(key)
         cost = costs[choice.first, choice.last, choice.axis]
         seg = cost.segment
-        prefix = float(pm.times[: choice.first].sum()) / float(pm.speed[pm.source])
+        prefix = pm.nodes_time(slice(0, choice.first), pm.source)
         for share in SHARE_GRID:
             if abs(share - choice.ratios[0]) < 1e-9:  # the latency-best split, already yielded
                 continue

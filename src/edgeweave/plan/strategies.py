@@ -56,6 +56,7 @@ def make_plan(
     deadline_s: float | None = None,
     hybrid: HybridOptions | None = None,
     geometry: SegmentGeometry | None = None,
+    time_budget_s: float | None = None,
 ) -> Plan:
     """Plan `profile` on `cluster` with `strategy`: a pure function of its inputs.
 
@@ -63,6 +64,8 @@ def make_plan(
     plans by simulated energy (plan/energy.py); `energy_scope` is "source" or "total".
     `hybrid` fixes split choices by hand (ratios, chunks, axis) for `--strategy hybrid` only;
     `geometry` (kept by a caller that re-plans one model often) makes hybrid re-plans fast.
+    `time_budget_s` bounds the exact pipeline search (`--strategy pipeline`; the plan then says
+    how far from optimal it is proven to be).
     """
     if hybrid is not None and hybrid.fixed and strategy != "hybrid":
         raise UserError(f"--split-ratios, --chunks and --split-axis apply to --strategy hybrid, not {strategy}")
@@ -88,4 +91,4 @@ def make_plan(
             strategy
         ]
         return planner(profile, graph, cluster, objective)
-    return layerwise_plan(profile, cluster, strategy, objective)
+    return layerwise_plan(profile, cluster, strategy, objective, time_budget_s)

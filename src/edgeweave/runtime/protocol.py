@@ -341,6 +341,7 @@ class DeployMsg(_Strict):
     receives: dict[str, list[SpecMsg]]
     max_inflight: int = Field(ge=1, le=1 << 16)
     speed: float = Field(default=1.0, gt=0)
+    emulate: bool = False  # take the plan's time per task even at speed >= 1 (a device with its own profile)
     peers: dict[str, str] = Field(default_factory=dict)
     links: dict[str, dict[str, Any]] = Field(default_factory=dict)
     epoch: float | None = None

@@ -200,6 +200,7 @@ class Session:
             links = {d: LinkSpec.for_pair(self.cluster, dev, d).to_dict() for d in endpoints if d != dev}
             extra = {
                 "speed": self.cluster.devices[dev].speed,
+                "emulate": self.cluster.devices[dev].profile is not None,  # its tasks take its own profile's times
                 "peers": endpoints,
                 "links": links,
                 "epoch": epoch,

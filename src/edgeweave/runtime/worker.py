@@ -100,6 +100,8 @@ class Deployment:
         self.source: str = msg["source"]
         self.output: str = msg["output"]
         self.speed: float = float(msg["speed"])
+        # emulate another device: each task takes as long as the plan says it takes there
+        self.emulate: bool = self.speed < 1.0 or bool(msg["emulate"])
         self.tasks: list[dict[str, Any]] = msg["tasks"]
         self.order = {t["id"]: k for k, t in enumerate(self.tasks)}
         self.incoming = {t["id"] for t in self.tasks if t["kind"] == "transfer" and t["dst"] == self.device}
@@ -714,7 +716,7 @@ class Worker:
         else:
             dep.runner.run_nodes([dep.local[i] for i in task["nodes"]], state.env, keep=dep.keep[task["id"]])
         elapsed = time.monotonic() - start
-        if dep.speed < 1.0:  # emulate a slower device: take as long as the plan says it takes there
+        if dep.emulate:  # a slower device, or one with its own profile: take the plan's time there
             wait_until(start + max(elapsed, float(task["time_s"])))
         end = time.monotonic()
         if len(self.events) >= MAX_EVENTS:
@@ -729,7 +731,7 @@ class Worker:
                 "kind": "compute",
                 "bytes": 0,
                 "compute_s": elapsed,
-                "planned_s": float(task["time_s"]) if dep.speed < 1.0 else None,
+                "planned_s": float(task["time_s"]) if dep.emulate else None,
             }
         )
 
