@@ -184,10 +184,15 @@ def _bound(r: dict[str, Any]) -> str:
     )
     link_ms = sum(link["busy_s"] for link in r["links"].values()) / n * 1e3
     compute_ms = sum(d["compute_s"] for d in r["devices"].values()) / n * 1e3
-    kind = "link-bound" if link_ms > compute_ms else "compute-bound"
+    if link_ms > compute_ms:
+        hint = "fewer bytes on the link would help most (camera frames: --input uint8-image sends 4x less)"
+        kind = "link-bound"
+    else:
+        hint = "faster devices, or more of them sharing the work, would help most"
+        kind = "compute-bound"
     return (
         f"{kind}: per frame {link_ms:.1f} ms on links, {compute_ms:.1f} ms computing; "
-        f"the stream's busiest resource is {busiest[1]}"
+        f"the stream's busiest resource is {busiest[1]}; {hint}"
     )
 
 
@@ -204,7 +209,8 @@ def summary_lines(results: list[dict[str, Any]]) -> list[str]:
         score = f"{best['throughput_per_s']:.2f} frames/s"
 
         def versus(r: dict[str, Any]) -> str:
-            return f"{best['throughput_per_s'] / max(r['throughput_per_s'], 1e-12):.2f}x {r['strategy']}"
+            ratio = best["throughput_per_s"] / max(r["throughput_per_s"], 1e-12)
+            return f"{ratio:.2f}x the throughput of {r['strategy']}"
     else:
         ranked = sorted(pool, key=lambda r: r["single_latency_s"])
         best = ranked[0]
@@ -222,7 +228,7 @@ def summary_lines(results: list[dict[str, Any]]) -> list[str]:
     if local is not None and local is not best and (not others or local is not others[0]):
         beaten.append(versus(local))
     if beaten:
-        lines.append("  by " + "; ".join(beaten))
+        lines.append("  " + "; ".join(beaten))
     lines.append(f"  why: {_bound(best)}")
     groups: dict[str, list[str]] = {}
     for r in results:
