@@ -37,6 +37,7 @@ from edgeweave.plan.band import (
     split_latency,
     with_message_overhead,
 )
+from edgeweave.plan.band.multi import MultiSplit, build_multi_plan, multi_segment_split
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import Plan
 from edgeweave.plan.layerwise import layerwise_plan
@@ -76,6 +77,10 @@ def plan_hybrid(
     for choice in hybrid_splits(profile, graph, pm, geometry, cutoff, options):
         if choice.latency_s < cutoff():
             best_split = choice
+    if best_split is not None and not options.fixed:
+        multi = best_multi_segment(profile, graph, cluster, pm, best_split, geometry)
+        if multi is not None and multi[1] < cutoff():
+            return build_multi_plan(profile, graph, cluster, pm, multi[0], objective, geometry.multi, multi[1])
     if best_split is not None:
         return build_hybrid_plan(profile, graph, cluster, pm, best_split, objective)
     if options.fixed:
@@ -91,6 +96,26 @@ def plan_hybrid(
     best_plan.notes.append(f"hybrid: {why}; using {best_plan.strategy}")
     best_plan.strategy = "hybrid"
     return best_plan
+
+
+def best_multi_segment(
+    profile: Profile, graph: OpGraph, cluster: Cluster, pm: PipelineModel, base: SplitChoice, geometry: SegmentGeometry
+) -> tuple[MultiSplit, float] | None:
+    """The best split with halo exchanges grown from the best single-segment split: over the same
+    nodes, and over the longest local run that starts where it starts (exchanging halos keeps deep
+    bands thin, so a split may reach further than recomputing halos allows)."""
+    ends = {base.last}
+    ends |= {
+        c.segment.last for c in geometry.costs() if c.segment.first == base.first and c.segment.axis_name == base.axis
+    }
+    best = None
+    for last in sorted({base.last, max(ends)}):
+        found = multi_segment_split(
+            profile, graph, cluster, pm, base, lambda p: simulate(p, requests=1).single_latency_s, last, geometry.multi
+        )
+        if found is not None and (best is None or found[1] < best[1]):
+            best = found
+    return best
 
 
 def plan_stream_offload(profile: Profile, graph: OpGraph, cluster: Cluster, objective: str = "latency") -> Plan:

@@ -159,6 +159,14 @@ class SegmentGeometry:
     def __init__(self, profile: Profile, graph: OpGraph):
         self.profile, self.graph = profile, graph
         self._costs: list[SegmentCost] | None = None
+        self._multi: MultiGeometry | None = None
+
+    @property
+    def multi(self) -> MultiGeometry:
+        """The sub-segment geometry of multi-segment splits of the same model, kept alike."""
+        if self._multi is None:
+            self._multi = MultiGeometry(self.profile, self.graph)
+        return self._multi
 
     def costs(self) -> list[SegmentCost]:
         if self._costs is None:
@@ -169,3 +177,25 @@ class SegmentGeometry:
                     continue
                 self._costs.append(SegmentCost(seg, self.profile))
         return self._costs
+
+
+class MultiGeometry:
+    """The cost geometry of every sub-segment tried, kept across evaluations and re-plans (it does
+    not depend on link rates or device speeds)."""
+
+    def __init__(self, profile: Profile, graph: OpGraph):
+        self.profile, self.graph = profile, graph
+        self.last_use = last_uses(graph)
+        self._costs: dict[tuple[int, int, str], SegmentCost | None] = {}
+
+    def cost(self, first: int, last: int, axis: str) -> SegmentCost | None:
+        key = (first, last, axis)
+        if key not in self._costs:
+            seg = make_segment(self.graph, first, last, axis)
+            self._costs[key] = SegmentCost(seg, self.profile) if seg is not None else None
+        return self._costs[key]
+
+    def live_after(self, i: int, first: int) -> int:
+        """Values produced in [first, i] that a node after i still reads."""
+        nodes = self.graph.nodes
+        return sum(1 for k in range(first, i + 1) if self.last_use.get(nodes[k].name, len(nodes)) > i)
