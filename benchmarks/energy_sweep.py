@@ -90,7 +90,8 @@ def price(plan, cluster, graph, weights, real: bool, requests: int) -> tuple[flo
 
 def sweep(model: str, bandwidths: list[float], real: bool, requests: int, input_kind: str) -> tuple[list, dict]:
     choice = ModelChoice(model, input_kind=input_kind, labels=model in dense_models())
-    _, graph, weights, profile = prepare(choice, None, None, False)
+    prep = prepare(choice, None, None, None, False)
+    graph, weights, profile = prep.graph, prep.weights, prep.profile
     cross = crossover_mbps(profile)
     points = sorted({*bandwidths, *([round(cross, 2)] if cross else [])})
     rows, cloud = [], {}

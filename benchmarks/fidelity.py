@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgeweave.cli.common import ModelChoice
 from edgeweave.cli.plan_cmd import attach_prediction
-from edgeweave.cli.run_cmd import prepare
+from edgeweave.cli.inputs import prepare
 from edgeweave.cost.cluster import Cluster
 from edgeweave.plan.strategies import make_plan
 from edgeweave.runtime.measure import RunConfig, run_plan
@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cluster = Cluster.from_dict(CLUSTER, origin="<fidelity cluster>")
-    _, graph, weights, profile = prepare(ModelChoice(args.model), None, None, False)
+    prep = prepare(ModelChoice(args.model), None, None, None, False)
+    graph, weights, profile = prep.graph, prep.weights, prep.profile
     plan = attach_prediction(make_plan(profile, cluster, "pipeline", "throughput"), args.requests)
     config = RunConfig(requests=args.requests, trace=args.out / "trace.json", timeline=args.out / "timeline.png")
     measured = run_plan(plan, cluster, graph, weights, config)

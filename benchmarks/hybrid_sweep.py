@@ -97,9 +97,8 @@ def measure_alternating(plans: dict, cluster, graph, weights, singles: int, roun
 def sweep(
     model: str, bandwidths: list[float], real: bool, singles: int, rounds: int, input_kind: str, robot_speed: float
 ) -> list[dict]:
-    _, graph, weights, profile = prepare(
-        ModelChoice(model, input_kind=input_kind, labels=model in dense_models()), None, None, False
-    )
+    prep = prepare(ModelChoice(model, input_kind=input_kind, labels=model in dense_models()), None, None, None, False)
+    graph, weights, profile = prep.graph, prep.weights, prep.profile
     strategies = [s for s in STRATEGIES if s in available_strategies()]
     rows = []
     cross = crossover_mbps(profile, at=lambda mbps: cluster_at(mbps, robot_speed))  # local = offload there
@@ -140,7 +139,8 @@ def replan_times(model: str, bandwidths: list[float], input_kind: str) -> dict:
     from edgeweave.plan.hybrid import plan_hybrid
 
     choice = ModelChoice(model, input_kind=input_kind, labels=model in dense_models())
-    _, graph, _, profile = prepare(choice, None, None, False)
+    prep = prepare(choice, None, None, None, False)
+    graph, profile = prep.graph, prep.profile
     geometry = SegmentGeometry(profile, graph)
     cold, warm = [], []
     for mbps in bandwidths:
