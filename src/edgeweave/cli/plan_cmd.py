@@ -33,7 +33,11 @@ def plan_summary(plan: Plan, plan_time_s: float | None = None) -> dict[str, Any]
         "notes": plan.notes,
     }
     if plan.stages is not None:
-        out["stages"] = [s.model_dump() for s in plan.stages]
+        modules = getattr(plan, "node_modules", None) or []
+        out["stages"] = [
+            {**s.model_dump(), **({"modules": f"{modules[s.first]} .. {modules[s.last]}"} if modules else {})}
+            for s in plan.stages
+        ]
     if "search" in plan.cost_model:  # the exact pipeline search: proven optimal, or its gap
         out["search"] = plan.cost_model["search"]
     source = getattr(plan, "profile_source", None)
@@ -126,8 +130,9 @@ def with_source(the_plan: Plan, source: ProfileSource, warn: bool = True) -> Pla
 
 
 def node_modules(prof: Profile) -> list[str]:
-    """Every node's module path ("" where the capture knew none), carried by plans for traces and tables."""
-    return [(n.model_extra or {}).get("module") or "" for n in prof.nodes]
+    """Every node's module path (its node name where the capture knew none: a flatten, an add),
+    carried by plans for traces and tables."""
+    return [(n.model_extra or {}).get("module") or n.name for n in prof.nodes]
 
 
 def node_label(prof: Profile, index: int) -> str:

@@ -131,7 +131,7 @@ class ProfileSource:
         return out
 
     def describe(self) -> str:
-        """One line: 'profile: cache ~/.cache/edgeweave/profiles/x.json, measured 2026-11-30 05:12 UTC on h (load 0.9/2)'."""
+        """One line: 'profile: cached PATH, measured 2026-11-30 05:12 UTC on HOST (load 0.9 on 2 cores)'."""
         where = {"file": "file", "cache": "cached", "measured": "measured now, cached as"}[self.kind]
         when = f"measured {self.measured_at}" if self.measured_at else "measurement time unknown (older profile)"
         host = f" on {self.host}" if self.host else ""
