@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar, get_type_hints
 import typer
 
 from edgeweave.cli.common import ModelChoice
-from edgeweave.cli.resilience_opts import AdaptOpt, FaultOpt
+from edgeweave.cli.resilience_opts import AdaptOpt, FaultOpt, NoRecoverOpt
 from edgeweave.errors import UserError
 
 DEFAULT_OBJECTIVE = "latency"
@@ -391,9 +391,10 @@ class ExecutionOptions:
     keys: KeysOpt = None
     adapt: AdaptOpt = False
     fault: FaultOpt = None
+    no_recover: NoRecoverOpt = False
 
     def check(self) -> Any:
-        """Validate before capture and profiling; returns ResilienceOptions or None."""
+        """Validate before capture and profiling; returns the run's ResilienceOptions."""
         from edgeweave.cli.resilience_opts import resilience
 
         if self.links not in LINK_MODES:
@@ -402,7 +403,7 @@ class ExecutionOptions:
             from edgeweave.runtime.security import COORDINATOR, load_keyring
 
             load_keyring(self.keys, COORDINATOR)
-        return resilience(self.adapt, self.fault)
+        return resilience(self.adapt, self.fault, self.no_recover)
 
 
 # --------------------------------------------------------------------------- typer plumbing
