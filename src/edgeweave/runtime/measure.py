@@ -182,7 +182,11 @@ def _run_plan(plan, cluster, graph, weights, config, netns, progress) -> dict[st
     if config.trace or config.timeline:
         from edgeweave.trace import draw_timeline, task_labels, write_trace
 
-        shifted = [{**e, "start": e["start"] - t_stream, "end": e["end"] - t_stream} for e in stream_events]
+        shifted = [
+            {**e, "start": e["start"] - t_stream, "end": e["end"] - t_stream}
+            | ({"arrival": e["arrival"] - t_stream} if e.get("arrival") is not None else {})
+            for e in stream_events
+        ]  # every time relative to the stream's start, arrivals too (else the PNG spans decades)
         if config.trace:
             config.trace.parent.mkdir(parents=True, exist_ok=True)
             write_trace(
