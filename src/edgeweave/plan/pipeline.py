@@ -287,6 +287,8 @@ def _throughput(pm: PipelineModel, arr: dp.Arrays, deadline: float, engine: str)
             lo = float(cands[min(mid + 1, len(cands) - 1)])
         else:
             right = mid - 1
+            if hit.exact:  # nothing was merged: the relaxation is the problem itself, its plan is real
+                best, hi = hit.stages, min(hi, _bottleneck(pm, hit.stages))
     left = int(np.searchsorted(cands, lo * (1 - _REL), side="left"))
     right = int(np.searchsorted(cands, hi * (1 - _REL), side="left")) - 1
     bracket = [lo, hi, right - left + 1]

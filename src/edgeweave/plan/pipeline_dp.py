@@ -140,6 +140,7 @@ class Hit:
 
     stages: list[tuple[int, int, int]]
     options: list[list[int]]
+    exact: bool = True  # a plan of the real devices within T (a relaxed sweep's plan may not be)
 
 
 def coarsen(arr: Arrays, g: Grouping, max_states: int = COARSE_STATES) -> Grouping:
@@ -233,7 +234,9 @@ def feasible(
     """
     g = group(arr, T)
     cg = coarsen(arr, g)
+    exact = True
     if relaxed:
+        exact = len(cg.classes) == len(g.classes)  # nothing merged: the relaxation is exact
         g, cg = cg, coarsen(arr, cg)
     C, L = len(g.classes), arr.L
     size = np.array([len(m) for m in g.classes], dtype=np.int64)
@@ -315,7 +318,7 @@ def feasible(
             for start, end, k in raw:
                 stages.append((start, end, g.classes[k][used[k]]))
                 used[k] += 1
-            return Hit(stages, [g.classes[k] for _, _, k in raw])
+            return Hit(stages, [g.classes[k] for _, _, k in raw], exact)
     return None
 
 
@@ -402,6 +405,7 @@ def _sweep(
             n = 1
         row = rowidx[s] if R > 0 and s > 0 else -1
         if row >= 0:
+            below = rfirst[f] if f > 0 else 0  # restricted cuts at or before f are dominated by it
             for k in range(C):
                 if digit[k] == 0:
                     continue
@@ -409,19 +413,22 @@ def _sweep(
                     word = B[row, k, w]
                     if word == 0:
                         continue
-                    for bit in range(64):
-                        if (word >> np.uint64(bit)) & np.uint64(1):
-                            r = w * 64 + bit
-                            p = rpos[r]
-                            if p <= f:  # dominated by the farthest unrestricted cut
-                                word &= ~(np.uint64(1) << np.uint64(bit))
-                                continue
-                            if p >= bk and remain[p] <= budget:
-                                cfg_p[n] = p
-                                cfg_k[n] = k
-                                cfg_r[n] = r
-                                n += 1
-                    B[row, k, w] = word
+                    if w * 64 + 64 <= below:
+                        B[row, k, w] = np.uint64(0)
+                        continue
+                    if w * 64 < below:
+                        word &= ~((np.uint64(1) << np.uint64(below - w * 64)) - np.uint64(1))
+                        B[row, k, w] = word
+                    while word != 0:  # each set bit, lowest first
+                        low = word & (~word + np.uint64(1))
+                        word ^= low
+                        r = w * 64 + int(np.log2(float(low)) + 0.5)
+                        p = rpos[r]
+                        if p >= bk and remain[p] <= budget:
+                            cfg_p[n] = p
+                            cfg_k[n] = k
+                            cfg_r[n] = r
+                            n += 1
         for i in range(n):
             p = cfg_p[i]
             k = cfg_k[i]
@@ -461,8 +468,13 @@ def _sweep(
                         nrow = nrows[0]
                         rowidx[ns] = nrow
                         nrows[0] += 1
-                    for rr in range(a, b):
-                        B[nrow, k2, rr // 64] |= np.uint64(1) << np.uint64(rr % 64)
+                    for w in range(a >> 6, ((b - 1) >> 6) + 1):  # set bits a..b-1, a word at a time
+                        lo_bit = a - w * 64 if a > w * 64 else 0
+                        hi_bit = b - w * 64 if b < w * 64 + 64 else 64
+                        ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+                        mask = ones if hi_bit == 64 else (np.uint64(1) << np.uint64(hi_bit)) - np.uint64(1)
+                        mask &= ~((np.uint64(1) << np.uint64(lo_bit)) - np.uint64(1))
+                        B[nrow, k2, w] |= mask
                     touched[ns >> BLOCK_SHIFT] = 1
         s += 1
     return False
