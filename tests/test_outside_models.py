@@ -55,6 +55,9 @@ def test_token_id_model_runs_for_real_with_ids_below_its_vocabulary(tmp_path: Pa
     result = json.loads(done.stdout)
     assert result["correct"] and result["requests"] == 4
     assert ":" not in Path(result["trace"]).name
+    events = [e for e in json.loads(Path(result["trace"]).read_text())["traceEvents"] if e.get("ph") == "X"]
+    arrivals = [e["args"]["arrival_us"] for e in events if "arrival_us" in e["args"]]
+    assert arrivals and max(arrivals) < 60e6  # relative to the stream's start, like ts (not epoch seconds)
 
 
 @pytest.mark.parametrize(
