@@ -94,6 +94,7 @@ def print_run(r: dict[str, Any]) -> None:
             links.add_row(name, str(link["transfers"]), f"{link['bytes'] / 2**20:.2f} MiB", _ms(link["busy_s"]))
         print_table(links)
     print_overruns([r])
+    print_profile_source(r)
     verdict = "[green]exact[/]" if r["correct"] else "[red]WRONG[/]"
     console.print(f"outputs vs single-device execution: {verdict} (max abs err {r['max_abs_err']:.2e})")
     console.print(f"trace: {r.get('trace')}\ntimeline: {r.get('timeline')}", soft_wrap=True)
@@ -247,3 +248,12 @@ def print_summary(results: list[dict[str, Any]]) -> None:
     lines = summary_lines(results)
     if lines:
         console.print("\n".join(lines), soft_wrap=True, markup=False, highlight=False)
+    print_profile_source(results[0] if results else {})
+
+
+def print_profile_source(r: dict[str, Any]) -> None:
+    """Which profile the plans were made from (file, cache or measured now; when, where, under what load)."""
+    if r.get("profile"):
+        from edgeweave.cost.store import ProfileSource
+
+        console.print(ProfileSource(**r["profile"]).describe(), markup=False, highlight=False)
