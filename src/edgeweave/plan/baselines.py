@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import networkx as nx
 import numpy as np
 
 from edgeweave.cost.profile import INPUT, Profile
@@ -299,6 +298,8 @@ def _min_cut_side(edges: list[tuple[object, object, float | None]]) -> set:
     at most half a unit per edge, 1e-15 of the total."""
     total = sum(c for _, _, c in edges if c is not None) or 1.0
     scale = 1e15 / total
+    import networkx as nx  # ~0.1 s to import: only DADS pays it, not every plan from a profile
+
     graph = nx.DiGraph()
     graph.add_nodes_from([_S, _T])
     for u, v, cap in edges:
