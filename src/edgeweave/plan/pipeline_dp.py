@@ -175,6 +175,52 @@ def coarsen(arr: Arrays, g: Grouping, max_states: int = COARSE_STATES) -> Groupi
     return Grouping(classes, qmax, ok_in, ok_out, g.rpos, okr, parts=chunks)
 
 
+def link_matrix(g: Grouping, L: int, internal: np.ndarray) -> np.ndarray:
+    """ok[k, k2, p]: a stage on group k ending at internal cut p may hand over to group k2."""
+    C = len(g.classes)
+    ok = np.broadcast_to(internal, (C, C, L + 1)).copy()
+    if len(g.rpos):
+        ok[:, :, g.rpos] = g.okr
+    for k in range(C):
+        if len(g.classes[k]) < 2:
+            ok[k, k, :] = False  # a device follows itself only as another member of its group
+    return ok
+
+
+def walk_feasible(arr: Arrays, g: Grouping) -> bool:
+    """A relaxation that keeps every link but forgets which devices were used (a device may
+    come back later): can a chain of stages, each within its group's reach at T and handing over
+    only where its link passes, get from the input to the output? Cheap (groups x cuts), and
+    strong exactly where the counting sweeps are weak: when links, not compute, decide."""
+    L, C = arr.L, len(g.classes)
+    ok = link_matrix(g, L, arr.internal)
+    reach = np.zeros((C, L + 1), dtype=bool)  # a stage on group k can end at cut p
+    starts = np.zeros((C, L + 1), dtype=bool)
+    starts[:, 0] = g.ok_in
+    while True:
+        new = np.zeros_like(reach)
+        for k2 in range(C):
+            ps = np.flatnonzero(starts[k2])
+            if ps.size == 0:
+                continue
+            q = g.qmax[k2, ps]
+            if np.any((q >= L) & g.ok_out[k2]):
+                return True
+            hi = np.minimum(q, L - 1)
+            m = hi > ps
+            diff = np.zeros(L + 2, dtype=np.int64)
+            np.add.at(diff, ps[m] + 1, 1)
+            np.add.at(diff, hi[m] + 1, -1)
+            new[k2] = (np.cumsum(diff)[: L + 1] > 0) & arr.internal
+        new &= ~reach
+        if not new.any():
+            return False
+        reach |= new
+        # from a stage on k ending at p, any k2 whose link passes there may start at p
+        starts = np.einsum("kp,kjp->jp", reach.astype(np.int64), ok.astype(np.int64)) > 0
+        starts[:, 0] = g.ok_in
+
+
 def _radix(sizes: np.ndarray) -> tuple[np.ndarray, int]:
     """Strides of the mixed-radix state (count of each group used) and the number of states."""
     stride = np.cumprod(np.concatenate([[1], sizes[:-1] + 1])).astype(np.int64)
@@ -233,6 +279,8 @@ def feasible(
     (perf_counter) passes.
     """
     g = group(arr, T)
+    if not walk_feasible(arr, g):
+        return None  # even with devices reusable, the links cannot carry a plan at T
     cg = coarsen(arr, g)
     exact = True
     if relaxed:
@@ -545,8 +593,9 @@ def _reconstruct(g: Grouping, F, B, rowidx, size, stride, res, L: int) -> list[t
 
 def beam(arr: Arrays, T: float, width: int = 256) -> list[tuple[int, int, int]] | None:
     """A plan within T found by a beam search over the same states (a heuristic: None proves
-    nothing). Keeps, per number of stages, the `width` states with the most capacity to spare;
-    stages end only at unrestricted cuts, so every plan it returns is valid at T.
+    nothing). Keeps, per number of stages, the `width` states with the most capacity to spare.
+    A state also knows its last group, so a stage may end at a cut where some links bind: the
+    next stage then only goes to a group whose link from it passes there.
 
     Why: the exact sweep costs the same whether T is far from T* or near it, so the binary search
     pays for every candidate it probes; a tight upper bracket from this search saves most probes.
@@ -555,21 +604,24 @@ def beam(arr: Arrays, T: float, width: int = 256) -> list[tuple[int, int, int]] 
     C, L = len(g.classes), arr.L
     size = np.array([len(m) for m in g.classes], dtype=np.int64)
     speed_k = np.array([arr.bound_speed[m].max() for m in g.classes], dtype=np.float64)
+    ok = link_matrix(g, L, arr.internal)
     unres = arr.internal.copy()
     unres[g.rpos] = False
-    unres[0] = unres[L] = False
     last_unres = np.maximum.accumulate(np.where(unres, np.arange(L + 1), -1))
+    last_cut = np.maximum.accumulate(np.where(arr.internal, np.arange(L + 1), -1))
     remain = arr.ref_prefix[L] - arr.ref_prefix
     Tt = min(T * (1 + REL), 1e300)
     counts = np.zeros((1, C), dtype=np.int64)
     pos = np.zeros(1, dtype=np.int64)
+    last = np.full(1, -1, dtype=np.int64)
     history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per layer: parent row, class, start cut
-    first = True
     while len(pos):
         free = counts < size[None, :]
-        if first:
-            free &= g.ok_in[None, :]
-        rows, ks = np.nonzero(free)
+        first = last < 0
+        link = np.where(
+            first[:, None], g.ok_in[None, :], ok[np.maximum(last, 0)[:, None], np.arange(C)[None, :], pos[:, None]]
+        )
+        rows, ks = np.nonzero(free & link)
         starts = pos[rows]
         q = g.qmax[ks, starts]
         done = np.flatnonzero((q >= L) & g.ok_out[ks])
@@ -587,7 +639,10 @@ def beam(arr: Arrays, T: float, width: int = 256) -> list[tuple[int, int, int]] 
                 stages.append((a, b, g.classes[k][used[k]]))
                 used[k] += 1
             return stages
-        ends = last_unres[np.minimum(q, L - 1)]
+        qi = np.minimum(q, L - 1)
+        # end at the farthest cut, or at the farthest one where no link binds
+        ends = np.concatenate([last_cut[qi], last_unres[qi]])
+        rows, ks, starts = np.tile(rows, 2), np.tile(ks, 2), np.tile(starts, 2)
         keep = ends > starts
         rows, ks, starts, ends = rows[keep], ks[keep], starts[keep], ends[keep]
         if not len(rows):
@@ -597,14 +652,14 @@ def beam(arr: Arrays, T: float, width: int = 256) -> list[tuple[int, int, int]] 
         spare = Tt * ((size[None, :] - child) * speed_k[None, :]).sum(axis=1) - remain[ends]
         alive = spare >= -abs(Tt) * REL
         rows, ks, starts, ends, child, spare = (x[alive] for x in (rows, ks, starts, ends, child, spare))
-        # one entry per count vector (the farthest end), then the most spare capacity
-        order = np.lexsort((-ends, *child.T[::-1]))
-        child, rows, ks, starts, ends, spare = (x[order] for x in (child, rows, ks, starts, ends, spare))
+        # one entry per (count vector, last group, end kind), the farthest end; then the most spare capacity
+        kind = unres[ends]
+        order = np.lexsort((-ends, kind, ks, *child.T[::-1]))
+        child, rows, ks, starts, ends, spare, kind = (x[order] for x in (child, rows, ks, starts, ends, spare, kind))
         uniq = np.ones(len(child), dtype=bool)
-        uniq[1:] = np.any(child[1:] != child[:-1], axis=1)
+        uniq[1:] = np.any(child[1:] != child[:-1], axis=1) | (ks[1:] != ks[:-1]) | (kind[1:] != kind[:-1])
         child, rows, ks, starts, ends, spare = (x[uniq] for x in (child, rows, ks, starts, ends, spare))
         top = np.argsort(-spare, kind="stable")[:width]
         history.append((rows[top], ks[top], starts[top]))
-        counts, pos = child[top], ends[top]
-        first = False
+        counts, pos, last = child[top], ends[top], ks[top]
     return None
