@@ -160,7 +160,7 @@ def d_bad_utf8(t: Target, r: random.Random, m: Msg) -> Msg:
 
 def d_oversized_header(t: Target, r: random.Random, m: Msg) -> Msg:
     if isinstance(m[0], dict):
-        return json.dumps({**m[0], "pad": "x" * r.randint(64 << 10, 300 << 10)}).encode(), m[1]
+        return json.dumps({**m[0], "pad": "x" * r.randint(64 << 10, 200 << 10)}).encode(), m[1]
     return m[0] + b" " * (65 << 10), m[1]
 
 
@@ -507,3 +507,25 @@ def test_connections_beyond_the_per_host_limit_are_closed(target: Target) -> Non
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_forged_probe_replies_are_dropped(target: Target) -> None:
+    """Finding 8: forged `probed` replies fed the bandwidth estimate and forced re-plans to the
+    source alone. Strangers cannot connect at all (CURVE); a member may report only its own
+    link, with a start time in the last few seconds; anything else is dropped and counted."""
+    t = target
+    before = t.ping()
+    filler = bytes(16 << 10)
+
+    def probed(src: str, t_start: float) -> list:
+        head = {"v": 1, "type": "probed", "tensors": [], "src": src, "t_start": t_start, "bytes": len(filler)}
+        return [json.dumps(head).encode(), filler]
+
+    t.sock.send_multipart(probed("a", time.time() - 3600.0))  # an hour "in flight": a dead-slow link
+    t.sock.send_multipart(probed("a", time.time() + 60.0))  # from the future
+    t.sock.send_multipart(probed("z", time.time()))  # a device a's key does not belong to
+    pong = t.ping()
+    assert pong["dropped"] - before["dropped"] == 3, pong["drops"]
+    assert pong["drops"].get("spoofed", 0) - before["drops"].get("spoofed", 0) == 1
+    assert pong["links"] == []  # nothing of it reaches an estimate (and only the coordinator reads them)
+    t.legit(1)

@@ -42,7 +42,6 @@ import select
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -58,21 +57,19 @@ from edgeweave.runtime.deploy import DevicePart
 from edgeweave.runtime.estimator import Hysteresis, LinkEstimator, PlanCache
 from edgeweave.runtime.process import LocalWorker, PendingWorker, launch_worker
 from edgeweave.runtime.security import curve_client
-from edgeweave.runtime.session import DeviceFailure, Remote, Session, SessionOptions
+from edgeweave.runtime.session import (  # noqa: F401  (RequestFailed: where callers import it)
+    DeviceFailure,
+    Pending,
+    Remote,
+    RequestFailed,
+    Session,
+    SessionOptions,
+)
 from edgeweave.runtime.wire import WireError, pack, unpack
 
 Replan = Callable[[Cluster], Plan]
+PROBE_WINDOW_S = 5.0  # a probe's sample is taken this long after it was asked for
 MAX_STALL_REPLAYS = 3  # deadline misses replayed in one session before they fail the call
-
-
-class RequestFailed(UserError):
-    """Some requests could not be served (no plan fits the devices left); `outputs` holds the
-    others (None where failed), `failed` the indices that failed."""
-
-    def __init__(self, message: str, outputs: list[torch.Tensor | None], failed: list[int]):
-        super().__init__(message)
-        self.outputs = outputs
-        self.failed = failed
 
 
 @dataclass
@@ -114,16 +111,6 @@ class ResilienceOptions:
     # re-plan and replay on a device loss (the default everywhere); False fails the call at the
     # first loss instead (`--no-recover`), still with the `recovery` report
     recover: bool = True
-
-
-@dataclass
-class _Pending:
-    """A request the caller gave us: its input and where its output goes."""
-
-    index: int
-    x: torch.Tensor
-    first_submitted: float | None = None  # a replay's latency counts from its first submission
-    stalled: bool = False  # replayed once already because a request missed its deadline
 
 
 def plan_maker(cluster: Cluster, replan: Replan) -> Callable[[dict[tuple[str, str], float], tuple[str, ...]], Plan]:
@@ -196,6 +183,7 @@ class ResilientSession:
         self.down: dict[str, Remote] = {}
         self.relaunching: dict[str, PendingWorker] = {}
         self.last_probe = 0.0
+        self.probed_at: dict[tuple[str, str], float] = {}  # (src, dst) -> when a probe was asked for
         self.stalls = 0  # replays because a request missed its deadline with all devices up
         self.last_link_probe = 0.0
         self._probe_big = False
@@ -228,69 +216,34 @@ class ResilientSession:
     ) -> list[torch.Tensor]:
         """Every output in order; a worker lost meanwhile costs time, never a request.
 
-        With `rate_per_s`, frame k is released at start + k / rate (a camera) rather than as
-        soon as the window admits it; `release_latencies` then count from release.
-        """
-        s = self.session
-        start = time.time()
-        release = [start + (k / rate_per_s if rate_per_s else 0.0) for k in range(len(frames))]
-        self.release_latencies = [0.0] * len(frames)
-        for x in frames:
-            s.validate_input(x)
-        outputs: list[torch.Tensor | None] = [None] * len(frames)
-        failed: list[int] = []
-        todo = deque(_Pending(i, x.contiguous()) for i, x in enumerate(frames))
-        inflight: dict[int, _Pending] = {}
+        The session's one request loop runs it, with this object as its recovery policy."""
         if self.no_plan:
             self._retry_plan()
-        while todo or inflight:
-            try:
-                self._maintain(inflight)
-                if self.no_plan:
-                    failed += [p.index for p in [*inflight.values(), *todo]]
-                    todo.clear()
-                    inflight.clear()
-                    break
-                while todo and len(inflight) < s.max_inflight and not self._holding():
-                    if time.time() < release[todo[0].index]:
-                        break
-                    self._submit(todo.popleft(), inflight)
-                wake = time.time() + min(self.opts.probe_s, s.options.heartbeat_s)
-                if todo and len(inflight) < s.max_inflight and not self._holding():  # the next frame's release
-                    wake = min(wake, max(release[todo[0].index], time.time() + 1e-4))
-                s.wait_for(inflight, wake - time.time())  # woken by a result; health is checked by _maintain
-                for rid in sorted(inflight):
-                    done = s.result(rid)
-                    if done is None:
-                        continue
-                    item = inflight.pop(rid)
-                    outputs[item.index] = done[0]
-                    self.release_latencies[item.index] = done[1] - release[item.index]
-                    self._completed()
-                    if progress:
-                        progress(self.completed, len(frames))
-            except DeviceFailure as exc:
-                replay = [inflight[r] for r in sorted(inflight)]
-                inflight.clear()
-                if exc.device is None and self.opts.recover:  # a request missed its deadline, all devices up
-                    self.stalls += 1
-                    if any(p.stalled for p in replay) or self.stalls > MAX_STALL_REPLAYS:
-                        raise  # it missed it again after a replay: an error, never a hang
-                    for p in replay:
-                        p.stalled = True
-                todo = deque(sorted([*replay, *todo], key=lambda p: p.index))
-                self.replayed += len(replay)
-                self._recover(exc, len(replay))
-        if failed:
-            raise RequestFailed(
-                f"{len(failed)} of {len(frames)} requests failed: {self.no_plan}", outputs, sorted(failed)
-            )
-        return outputs  # type: ignore[return-value]
+        return self.session.stream(list(frames), progress, rate_per_s, policy=self)
 
-    def _submit(self, item: _Pending, inflight: dict[int, _Pending]) -> None:
-        if item.first_submitted is None:
-            item.first_submitted = time.time()
-        inflight[self.session.submit(item.x, item.first_submitted)] = item
+    # -- the policy the request loop calls (Session.stream) -----------------------------------
+    def maintain(self, inflight: dict[int, Pending]) -> None:
+        self._maintain(inflight)
+
+    def holding(self) -> bool:
+        return self._holding()
+
+    def unservable(self) -> str | None:
+        return self.no_plan
+
+    def request_done(self) -> None:
+        self._completed()
+
+    def failed(self, exc: DeviceFailure, replay: list[Pending]) -> None:
+        """Re-plan around the failure, or raise it; `replay` goes back into the loop's queue."""
+        if exc.device is None and self.opts.recover:  # a request missed its deadline, all devices up
+            self.stalls += 1
+            if any(p.stalled for p in replay) or self.stalls > MAX_STALL_REPLAYS:
+                raise exc  # it missed it again after a replay: an error, never a hang
+            for p in replay:
+                p.stalled = True
+        self.replayed += len(replay)
+        self._recover(exc, len(replay))
 
     def _completed(self) -> None:
         self.completed += 1
@@ -517,8 +470,18 @@ class ResilientSession:
         return True
 
     def _telemetry(self, device: str, header: dict[str, Any]) -> None:
+        """Link samples a worker measured: only for links into it that the plan uses or that this
+        coordinator asked to probe lately (finding 8: forged probe replies for other links forced
+        re-plans to the source alone)."""
         if not header.get("links"):
             return
+        now = time.monotonic()
+        used = {t.src for t in self.session.plan.tasks if t.kind == "transfer" and t.dst == device}
+        probed = {a for (a, b), at in self.probed_at.items() if b == device and now - at < PROBE_WINDOW_S}
+        links = [item for item in header["links"] if isinstance(item, list) and item and item[0] in used | probed]
+        if not links:
+            return
+        header = {**header, "links": links}
         self.estimator.add_pong(device, header)
         if not self.opts.adapt:
             return
@@ -554,6 +517,7 @@ class ResilientSession:
             for b in devices:
                 if a == b or (a, b) in busy:
                     continue
+                self.probed_at[(a, b)] = time.monotonic()
                 if a == s.plan.source:
                     s.source.probe(b, nbytes)
                 else:

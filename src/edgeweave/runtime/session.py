@@ -34,10 +34,11 @@ import contextlib
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import zmq
@@ -74,6 +75,45 @@ class DeviceFailure(UserError):
     def __init__(self, message: str, device: str | None = None):
         super().__init__(message)
         self.device = device
+
+
+class RequestFailed(UserError):
+    """Some requests could not be served (no plan fits the devices left); `outputs` holds the
+    others (None where failed), `failed` the indices that failed."""
+
+    def __init__(self, message: str, outputs: list[torch.Tensor | None], failed: list[int]):
+        super().__init__(message)
+        self.outputs = outputs
+        self.failed = failed
+
+
+@dataclass
+class Pending:
+    """A request the caller gave the loop: its input and where its output goes."""
+
+    index: int
+    x: torch.Tensor
+    first_submitted: float | None = None  # a replay's latency counts from its first submission (or arrival)
+    stalled: bool = False  # replayed once already because a request missed its deadline
+
+
+class StreamPolicy(Protocol):
+    """What the request loop asks of a recovery policy (resilient.py's ResilientSession)."""
+
+    def maintain(self, inflight: dict[int, Pending]) -> None:
+        """Once per loop turn: beat, probe, switch plans between requests; may raise DeviceFailure."""
+
+    def holding(self) -> bool:
+        """Admit nothing new (a plan switch waits for the requests in flight to drain)."""
+
+    def unservable(self) -> str | None:
+        """Why no request can be served now (no plan fits the devices left), or None."""
+
+    def request_done(self) -> None:
+        """A request completed."""
+
+    def failed(self, exc: DeviceFailure, replay: list[Pending]) -> None:
+        """A failure with `replay` taken out of flight (they go back into the queue): recover or raise."""
 
 
 @dataclass
@@ -552,28 +592,72 @@ class Session:
         With `rate_per_s` the frames are a camera stream: frame k arrives k / rate_per_s after
         the first and is submitted then (or when the window frees up); its latency (`latencies`)
         counts from its arrival, queueing included, as the simulator's does."""
-        frames = list(frames)
+        return self.stream(list(frames), progress, rate_per_s)
+
+    def stream(
+        self,
+        frames: list[torch.Tensor],
+        progress=None,
+        rate_per_s: float | None = None,
+        policy: StreamPolicy | None = None,
+    ) -> list[torch.Tensor]:
+        """The one request loop: admit frames through the window (at their arrival times), beat,
+        collect results in order. A DeviceFailure goes to `policy` (recovery: resilient.py), which
+        re-plans and has the requests in flight replayed, or raises; without one it is raised."""
         for x in frames:
             self.validate_input(x)
         if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
             raise UserError(f"the frame rate must be > 0 frames per second, got {rate_per_s!r}")
-        ids = []
-        window = self.max_inflight
-        t0 = time.time()
-        for k, x in enumerate(frames):
-            arrival = t0 + k / rate_per_s if rate_per_s else None
-            if arrival is not None:
-                self._sleep_until(arrival)
-            self._wait(lambda: self._inflight() < window)
-            ids.append(self.submit(x, arrival))
-        out = []
-        for k, rid in enumerate(ids):
-            self._wait(lambda rid=rid: rid in self.results)
-            with self.cond:
-                out.append(self.results[rid][0])
-            if progress:
-                progress(k + 1, len(ids))
-        return out
+        start = time.time()
+        arrival = [start + k / rate_per_s for k in range(len(frames))] if rate_per_s else None
+        outputs: list[torch.Tensor | None] = [None] * len(frames)
+        failed: list[int] = []
+        todo = deque(Pending(i, x.contiguous()) for i, x in enumerate(frames))
+        inflight: dict[int, Pending] = {}
+        done = 0
+        while todo or inflight:
+            try:
+                if policy is None:
+                    self.beat()
+                else:
+                    policy.maintain(inflight)
+                    if policy.unservable():
+                        failed += [p.index for p in [*inflight.values(), *todo]]
+                        break
+                holding = policy is not None and policy.holding()
+                while todo and len(inflight) < self.max_inflight and not holding:
+                    item = todo[0]
+                    if arrival is not None and time.time() < arrival[item.index]:
+                        break
+                    todo.popleft()
+                    if item.first_submitted is None:  # latency from arrival (a camera) or first submission
+                        item.first_submitted = arrival[item.index] if arrival is not None else time.time()
+                    inflight[self.submit(item.x, item.first_submitted)] = item
+                wake = time.time() + self.options.heartbeat_s / 2
+                if todo and arrival is not None and len(inflight) < self.max_inflight and not holding:
+                    wake = min(wake, max(arrival[todo[0].index], time.time() + 1e-4))  # the next frame
+                self.wait_for(inflight, wake - time.time())
+                for rid in sorted(inflight):
+                    result = self.result(rid)
+                    if result is None:
+                        continue
+                    outputs[inflight.pop(rid).index] = result[0]
+                    done += 1
+                    if policy is not None:
+                        policy.request_done()
+                    if progress:
+                        progress(done, len(frames))
+            except DeviceFailure as exc:
+                if policy is None:
+                    raise
+                replay = [inflight[r] for r in sorted(inflight)]
+                inflight.clear()
+                todo = deque(sorted([*replay, *todo], key=lambda p: p.index))
+                policy.failed(exc, replay)  # re-plans and redeploys, or raises
+        if failed:
+            reason = policy.unservable() if policy is not None else ""
+            raise RequestFailed(f"{len(failed)} of {len(frames)} requests failed: {reason}", outputs, sorted(failed))
+        return outputs  # type: ignore[return-value]
 
     # -- the request interface a coordinator loop uses (resilient.py drives it too) ----------
     def submit(self, x: torch.Tensor, since: float | None = None) -> int:
@@ -609,27 +693,6 @@ class Session:
         self._last_beat = now
         self._heartbeat(now)
         self._check_deadline()
-
-    def _sleep_until(self, wall_time: float) -> None:
-        """Wait for a frame's arrival time (to the millisecond), checking device health meanwhile."""
-        while (remaining := wall_time - time.time()) > 0:
-            with self.cond:
-                self.cond.wait(min(remaining, self.options.heartbeat_s / 2))
-            self.beat()
-
-    def _inflight(self) -> int:
-        return sum(1 for rid in self.submitted if rid not in self.results)
-
-    def _wait(self, ready) -> None:
-        """Block until `ready()`, checking every device's health meanwhile."""
-        while True:
-            with self.cond:
-                if ready():
-                    return
-                self.cond.wait(self.options.heartbeat_s / 2)
-                if ready():
-                    return
-            self.beat()
 
     def _heartbeat(self, now: float) -> None:
         if self.source.error:

@@ -53,6 +53,8 @@ from edgeweave.runtime.protocol import (
     Decoded,
     Drop,
     Incoming,
+    NodeMsg,
+    SpecMsg,
     check_control,
     check_probe,
     check_probed,
@@ -94,32 +96,30 @@ class Deployment:
     """One device's part of a plan, ready to run."""
 
     def __init__(self, header: dict[str, Any], blob: bytes, held: dict[str, torch.Tensor] | None = None):
-        msg = parse_deploy(header).model_dump()
+        msg = parse_deploy(header)  # typed: every field below is checked
         self.retired = threading.Event()  # set when a newer deployment replaces this one
-        self.device: str = msg["device"]
-        self.source: str = msg["source"]
-        self.output: str = msg["output"]
-        self.speed: float = float(msg["speed"])
+        self.device: str = msg.device
+        self.source: str = msg.source
+        self.output: str = msg.output
+        self.speed: float = float(msg.speed)
         # emulate another device: each task takes as long as the plan says it takes there
-        self.emulate: bool = self.speed < 1.0 or bool(msg["emulate"])
-        self.tasks: list[dict[str, Any]] = msg["tasks"]
+        self.emulate: bool = self.speed < 1.0 or bool(msg.emulate)
+        self.tasks: list[dict[str, Any]] = msg.tasks
         self.order = {t["id"]: k for k, t in enumerate(self.tasks)}
         self.incoming = {t["id"] for t in self.tasks if t["kind"] == "transfer" and t["dst"] == self.device}
-        self.expect = self._expectations(msg["receives"])
-        self.admission = Admission(msg["max_inflight"], source=self.device == self.source, first=msg["first_request"])
+        self.expect = self._expectations(msg.receives)
+        self.admission = Admission(msg.max_inflight, source=self.device == self.source, first=msg.first_request)
         self.max_frames = 1 + max((len(t.specs) for t in self.expect.values()), default=0)
         self.max_data_bytes = DATA_HEADER_LIMIT + max((t.nbytes for t in self.expect.values()), default=0)
         try:
-            order = sorted(int(i) for i in msg["nodes"])
+            order = sorted(int(i) for i in msg.nodes)
         except ValueError:
             raise ValueError("node keys must be graph indices") from None
         self.local = {g: k for k, g in enumerate(order)}
-        nodes = [_node(msg["nodes"][str(g)]) for g in order]
-        graph = OpGraph(
-            model=msg.get("model", ""), input_shape=msg["input_shape"], input_dtype=msg["input_dtype"], nodes=nodes
-        )
+        nodes = [_node(msg.nodes[str(g)]) for g in order]
+        graph = OpGraph(model=msg.model, input_shape=msg.input_shape, input_dtype=msg.input_dtype, nodes=nodes)
         self.weights = load_weights_blob(blob)
-        if msg["keep_weights"]:  # a re-plan ships only the weights this device does not hold yet
+        if msg.keep_weights:  # a re-plan ships only the weights this device does not hold yet
             merged = {**(held or {}), **self.weights}
             needed = {w for n in nodes for w in n.weights}
             missing = sorted(needed - merged.keys())
@@ -130,9 +130,11 @@ class Deployment:
         self.by_id = {t["id"]: t for t in self.tasks}
         self.bands = (
             band_ops.BandContext(
-                OpGraph.from_dict(msg["graph"]), [t["region"] for t in self.tasks if t.get("region")], self.weights
+                OpGraph.from_dict(msg.graph.model_dump()),
+                [t["region"] for t in self.tasks if t.get("region")],
+                self.weights,
             )
-            if msg.get("graph")
+            if msg.graph is not None
             else None
         )
         self.keep = self._keep_sets()
@@ -149,24 +151,24 @@ class Deployment:
             ),
             None,
         )
-        self.links = {dst: LinkSpec.from_dict(spec) for dst, spec in msg["links"].items()}
-        self.peers: dict[str, str] = msg["peers"]
-        self.shape_bandwidth: bool = msg["shape_bandwidth"]
-        self.epoch: float = msg["epoch"] if msg["epoch"] is not None else time.monotonic()
+        self.links = {dst: LinkSpec.from_dict(spec) for dst, spec in msg.links.items()}
+        self.peers: dict[str, str] = msg.peers
+        self.shape_bandwidth: bool = msg.shape_bandwidth
+        self.epoch: float = msg.epoch if msg.epoch is not None else time.monotonic()
         for dst in {t["dst"] for t in self.tasks if t["kind"] == "transfer" and t["src"] == self.device}:
             if dst not in self.peers or dst not in self.links:
                 raise ValueError(f"no endpoint or link given for peer {dst}")
 
-    def _expectations(self, receives: dict[str, list[dict[str, Any]]]) -> dict[str, Incoming]:
+    def _expectations(self, receives: dict[str, list[SpecMsg]]) -> dict[str, Incoming]:
         """What each incoming transfer must look like, from the deploy message's `receives`."""
         expect = {}
         for task in self.tasks:
             if task["id"] not in self.incoming:
                 continue
             specs = receives.get(task["id"])
-            if specs is None or [s["name"] for s in specs] != task["values"]:
+            if specs is None or [s.name for s in specs] != task["values"]:
                 raise ValueError(f"deploy message does not describe the values of incoming task {task['id']}")
-            values = tuple(value_spec(s["name"], s["dtype"], s["shape"]) for s in specs)
+            values = tuple(value_spec(s.name, s.dtype, s.shape) for s in specs)
             if any(d < 0 for v in values for d in v.shape):
                 raise ValueError(f"negative dimension in a value of task {task['id']}")
             expect[task["id"]] = Incoming(
@@ -188,23 +190,23 @@ class Deployment:
         return keep
 
 
-def _node(d: dict[str, Any]) -> OpNode:
-    fn = resolve_op(d["op"])  # a name looked up in torch.ops; nothing from the network is imported
+def _node(d: NodeMsg) -> OpNode:
+    fn = resolve_op(d.op)  # a name looked up in torch.ops; nothing from the network is imported
     if fn is not operator.getitem and not isinstance(fn, torch._ops.OpOverload):
-        raise ValueError(f"{d['op']!r} is not an operator")
+        raise ValueError(f"{d.op!r} is not an operator")
     return OpNode(
-        name=d["name"],
-        op=d["op"],
-        args=d["args"],
-        kwargs=d["kwargs"],
-        inputs=d["inputs"],
-        weights=d["weights"],
+        name=d.name,
+        op=d.op,
+        args=d.args,
+        kwargs=d.kwargs,
+        inputs=d.inputs,
+        weights=d.weights,
         out_shape=[],
         out_dtype="",
         out_bytes=0,
         param_bytes=0,
         flops=0,
-        out_index=d.get("out_index"),
+        out_index=d.out_index,
     )
 
 
