@@ -525,3 +525,20 @@ def test_no_layer_imports_the_one_above_it() -> None:
     }
     outside_cli = [p for p in src.rglob("*.py") if "cli" not in p.parts]
     assert not {m for m in imported(outside_cli) if m.startswith("edgeweave.cli")}
+
+
+def test_plan_models_and_cluster_read_whole_at_80_columns(profile_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeweave.cli import cluster_cmd, common, model_cmd, plan_cmd
+
+    screen = Console(width=80, force_terminal=True, record=True)
+    for module in (common, plan_cmd, model_cmd, cluster_cmd):
+        monkeypatch.setattr(module, "console", screen)
+    home4 = ROOT / "examples/clusters/home-4.yaml"
+    result = runner.invoke(app, ["plan", "--profile", str(profile_path), "-c", str(home4), "-O", "throughput"])
+    assert result.exit_code == 0, result.output
+    model_cmd.models(json_out=False)
+    cluster_cmd.print_cluster(Cluster.load(home4))
+    cluster_cmd.print_cluster(Cluster.load(ROOT / "examples/clusters/edgepipe-16.yaml"))
+    text = screen.export_text()
+    assert "…" not in text  # nothing cut (long prose lines are soft-wrapped by the terminal itself)
+    assert "mobilenet_v3_large" in text and "conv1 .." in text and "240 of 240 ordered pairs" in text

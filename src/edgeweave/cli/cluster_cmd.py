@@ -45,8 +45,8 @@ def _power_cell(power: PowerModel | None) -> str:
     return f"{idle} / {busy} W"
 
 
-def _link_cell(link: Link) -> str:
-    return f"{format_bandwidth(link.bandwidth_bps)} / {format_duration(link.latency_s)}"
+def _link_cell(link: Link, lines: bool = False) -> str:
+    return f"{format_bandwidth(link.bandwidth_bps)}{chr(10) if lines else ' / '}{format_duration(link.latency_s)}"
 
 
 def print_cluster(cluster: Cluster, to: Console | None = None) -> None:
@@ -67,11 +67,25 @@ def print_cluster(cluster: Cluster, to: Console | None = None) -> None:
         )
     print_table(devices, out)
 
-    matrix = Table(title="Links: bandwidth / latency (rows send to columns)")
-    matrix.add_column("from \\ to")
     names = cluster.device_names
+    pairs = [(a, b) for a in names for b in names if a != b]
+    if out.is_terminal and 12 + 11 * len(names) > out.width:  # a matrix this wide would be cut: group pairs
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for a, b in pairs:
+            groups.setdefault(_link_cell(cluster.link(a, b)), []).append((a, b))
+        ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        out.print("Links: bandwidth / latency")
+        common, rest = ranked[0], ranked[1:]
+        others = " (every pair not listed below)" if rest else ""
+        out.print(f"  {common[0]}: {len(common[1])} of {len(pairs)} ordered pairs{others}")
+        for cell, members in rest:
+            for a, b in members:
+                out.print(f"  {a} -> {b}: {cell}")
+        return
+    matrix = Table(title="Links: bandwidth / latency (rows send to columns)")
+    matrix.add_column("from \\ to", no_wrap=True)
     for name in names:
-        matrix.add_column(name)
+        matrix.add_column(name, no_wrap=True)
     for a in names:
-        matrix.add_row(a, *("-" if a == b else _link_cell(cluster.link(a, b)) for b in names))
+        matrix.add_row(a, *("-" if a == b else _link_cell(cluster.link(a, b), lines=out.is_terminal) for b in names))
     print_table(matrix, out)

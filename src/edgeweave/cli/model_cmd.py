@@ -25,15 +25,24 @@ def models(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(rows)
         return
-    table = Table(title="edgeweave model zoo")
-    for col in ("name", "family", "input", "params", "description"):
-        table.add_column(col, justify="right" if col == "params" else "left", no_wrap=col == "name")
-    for r in rows:
-        shape = "x".join(str(d) for d in r["input_shape"])
-        table.add_row(
-            r["name"], r["family"], f"{shape} {r['input_dtype']}", f"{r['params'] / 1e6:.1f}M", r["description"]
-        )
-    print_table(table)
+    if console.is_terminal and console.width < 120:  # a table would cut names or descriptions: a list
+        for r in rows:
+            shape = "x".join(str(d) for d in r["input_shape"])
+            console.print(
+                f"[bold]{r['name']}[/] ({r['family']}, {shape} {r['input_dtype']}, {r['params'] / 1e6:.1f}M)\n"
+                f"    {r['description']}",
+                soft_wrap=False,
+            )
+    else:
+        table = Table(title="edgeweave model zoo")
+        for col in ("name", "family", "input", "params", "description"):
+            table.add_column(col, justify="right" if col == "params" else "left", no_wrap=col != "description")
+        for r in rows:
+            shape = "x".join(str(d) for d in r["input_shape"])
+            table.add_row(
+                r["name"], r["family"], f"{shape} {r['input_dtype']}", f"{r['params'] / 1e6:.1f}M", r["description"]
+            )
+        print_table(table)
     console.print(
         "Your own model: package.module:factory --input-shape 1,3,224,224 "
         "[--input-dtype int64 --input-range 0,30522] [--checkpoint W.pt]",

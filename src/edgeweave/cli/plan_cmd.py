@@ -142,12 +142,26 @@ def node_label(prof: Profile, index: int) -> str:
 
 
 def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
+    """One row per compute task: its device, its nodes (indices, then module paths), times, bytes in, memory.
+
+    Narrow columns with no vertical rules, module spans on their own lines and numbers that never
+    wrap, so the table reads at 80 columns; in a pipe it is markdown (`print_table`).
+    """
+    from rich import box
+
+    from edgeweave.cost.units import parse_bytes
+
     cm = the_plan.cost_model
     table = Table(
-        title=f"{the_plan.model}: {the_plan.strategy} plan ({the_plan.objective}) on {len(the_plan.devices)} devices"
+        title=f"{the_plan.model}: {the_plan.strategy} plan ({the_plan.objective}) on {len(the_plan.devices)} devices",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        title_justify="left",
     )
-    for col in ("#", "device", "nodes", "compute", "transfer in", "bytes in", "memory"):
-        table.add_column(col, justify="left" if col in ("device", "nodes") else "right")
+    table.add_column("device", no_wrap=True)
+    table.add_column("nodes", overflow="fold")
+    for col in ("compute", "in", "bytes in", "memory"):
+        table.add_column(col, justify="right", no_wrap=True)
     # Band-split plans (hybrid) carry no per-stage cost model: the simulator's bottleneck stands in.
     bottleneck = cm.get("bottleneck_s") or 1.0 / max(the_plan.predicted.get("throughput_per_s") or 1e-12, 1e-12)
     computes = [t for t in the_plan.tasks if t.kind == "compute"]
@@ -158,26 +172,32 @@ def print_plan(the_plan: Plan, prof: Profile, plan_time: float) -> None:
         link_in = cm["link_in_s"][k] if "link_in_s" in cm else t_in
         xfer = next((t for t in the_plan.tasks if t.kind == "transfer" and t.id == f"x{k}"), None)
         first, last = task.nodes[0], task.nodes[-1]
-        span = f"{first}-{last} {node_label(prof, first)} .. {node_label(prof, last)}"
+        span = f"{first}-{last}\n{node_label(prof, first)} ..\n{node_label(prof, last)}"
         if len(task.nodes) != last - first + 1:
             span = f"{len(task.nodes)} nodes in {first}-{last}"
+        memory = format_bytes(task.memory_bytes)
+        try:
+            share = task.memory_bytes / parse_bytes(mem_cap.get(task.device))
+            memory += f" ({share:.0%})" if share >= 0.1 else ""
+        except Exception:  # no capacity known: the bytes alone
+            pass
         table.add_row(
-            str(k),
             task.device,
             span,
             _mark(cm["compute_s"][k] if "compute_s" in cm else task.time_s, bottleneck),
             _mark(t_in, bottleneck, link_in) if t_in is not None else "-",
             format_bytes(xfer.bytes) if xfer else "-",
-            f"{format_bytes(task.memory_bytes)} / {mem_cap.get(task.device, '?')}",
+            memory,
         )
     print_table(table)
     if cm.get("output_s", 0) > 0:
         console.print(f"output back to {the_plan.source}: {cm['output_s'] * 1e3:.2f} ms")
     p = the_plan.predicted
     console.print(
-        f"predicted: latency {p['latency_s'] * 1e3:.1f} ms, throughput {p['throughput_per_s']:.2f}/s "
-        f"(bottleneck {bottleneck * 1e3:.2f} ms, marked *)   planned in {plan_time * 1e3:.0f} ms"
+        f"predicted: latency {p['latency_s'] * 1e3:.1f} ms (a frame alone), throughput {p['throughput_per_s']:.2f}/s "
+        f"(a stream; bottleneck {bottleneck * 1e3:.2f} ms, marked *)   planned in {plan_time * 1e3:.0f} ms"
     )
+    console.print("memory: each task's weights (and their share of the device's memory, from 10%)")
     if p.get("energy_j") is not None:
         console.print(
             f"predicted energy per inference: {p['source_energy_j']:.3f} J on {the_plan.source} (source), "
