@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 from edgeweave.cli.common import ModelChoice
-from edgeweave.cli.plan_cmd import attach_prediction
 from edgeweave.cli.inputs import prepare
+from edgeweave.cli.plan_cmd import attach_prediction
 from edgeweave.cost.cluster import Cluster
 from edgeweave.plan.strategies import make_plan
 from edgeweave.runtime.measure import RunConfig, run_plan
