@@ -20,7 +20,7 @@ from edgeweave.plan.strategies import make_plan
 from edgeweave.runtime.estimator import Hysteresis, LinkEstimator, PlanCache, quantise
 from edgeweave.runtime.measure import make_inputs
 from edgeweave.runtime.resilient import Fault, RequestFailed, ResilienceOptions, ResilientSession
-from edgeweave.runtime.session import SessionOptions
+from edgeweave.runtime.session import DeviceFailure, SessionOptions
 
 
 def _cluster(names=("a", "b", "c"), bandwidth="10Gbps") -> Cluster:
@@ -429,3 +429,54 @@ def test_by_default_a_run_survives_a_worker_killed_from_outside(tmp_path) -> Non
     print(
         f"\nrecovery: {rec['recovery_s']} s, replayed {rec['replayed']}, detect {rec['failures'][0]['detect_s']:.2f} s"
     )
+
+
+def test_cli_run_insecure_and_no_recover(tmp_path) -> None:
+    """`--insecure` (loopback plaintext) and `--no-recover` reach the run; `recovery` is always in
+    the JSON, saying recovery was off; `--fault` with `--no-recover` is refused."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(
+        "source: a\ndevices:\n  a: {speed: 1.0, memory: 1GiB}\n  b: {speed: 1.0, memory: 1GiB}\n"
+        "links:\n  default: {bandwidth: 10Gbps, latency: 0ms}\n"
+    )
+    cli = [sys.executable, "-c", "from edgeweave.cli import main; main()", "run", "test_resilience:small_cnn"]
+    cli += ["--input-shape", "1,3,16,16", "--cluster", str(cluster), "--strategy", "even", "--no-cache", "--json"]
+    done = subprocess.run(
+        [*cli, "--requests", "4", "--insecure", "--no-recover", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads(done.stdout)
+    assert run["correct"] and run["recovery"]["enabled"] is False and run["recovery"]["failures"] == []
+    refused = subprocess.run(
+        [*cli, "--requests", "4", "--no-recover", "--fault", "b@1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent,
+    )
+    assert refused.returncode != 0 and "--no-recover" in refused.stderr
+
+
+def test_no_recover_fails_fast_and_still_reports(small) -> None:
+    graph, weights, profile = small
+    cluster = _cluster(("a", "b"))
+    replan = _replan(profile, graph)
+    frames = make_inputs(graph, 40, seed=3)
+    opts = ResilienceOptions(faults=[Fault("b", after=10)], recover=False)
+    with ResilientSession(cluster, replan(cluster), graph, weights, replan, SessionOptions(), opts) as rs:
+        start = time.monotonic()
+        with pytest.raises(DeviceFailure, match="device b"):
+            rs.infer_many(frames)
+        assert time.monotonic() - start < 5
+        report = rs.report()
+    assert report["enabled"] is False and [f["device"] for f in report["failures"]] == ["b"]
+    assert report["replans"] == []

@@ -377,6 +377,16 @@ KeysOpt = Annotated[
 ]
 
 
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Plaintext instead of this run's ephemeral CURVE keys: no authentication, no encryption. "
+        "Loopback devices only; for debugging with a packet capture.",
+    ),
+]
+
+
 @dataclass
 class ExecutionOptions:
     """How `run`, `bench` and `demo` execute plans for real."""
@@ -392,6 +402,7 @@ class ExecutionOptions:
     adapt: AdaptOpt = False
     fault: FaultOpt = None
     no_recover: NoRecoverOpt = False
+    insecure: InsecureOpt = False
 
     def check(self) -> Any:
         """Validate before capture and profiling; returns the run's ResilienceOptions."""
@@ -399,6 +410,8 @@ class ExecutionOptions:
 
         if self.links not in LINK_MODES:
             raise UserError(f"unknown --links {self.links!r}: use shaper or netns")
+        if self.keys is not None and self.insecure:
+            raise UserError("--keys and --insecure contradict each other: give one")
         if self.keys is not None:  # a broken keys folder fails before minutes of capture and profiling
             from edgeweave.runtime.security import COORDINATOR, load_keyring
 

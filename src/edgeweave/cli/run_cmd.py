@@ -239,7 +239,11 @@ def execute(
         trace=trace,
         timeline=timeline,
         options=SessionOptions(
-            connect_timeout_s=e.connect_timeout, max_inflight=e.max_inflight, links=e.links, keys=e.keys
+            connect_timeout_s=e.connect_timeout,
+            max_inflight=e.max_inflight,
+            links=e.links,
+            keys=e.keys,
+            insecure=e.insecure,
         ),
         rate_per_s=rate_per_s,
         replan=replan(plan.strategy) if replan is not None else None,
