@@ -371,9 +371,15 @@ def test_the_closing_summary_names_the_winner_the_margin_the_reason_and_twins() 
     ]
     text = "\n".join(summary_lines(results))
     assert text.startswith("winner (latency): hybrid, 55.0 ms per frame, split over robot, server")
-    assert "1.38x faster than offload (all on server)" in text and "2.11x faster than local" in text
+    assert "1.39x faster than offload = pipeline (all on server)" in text and "2.11x faster than local" in text
     assert "link-bound" in text and "busiest resource is link robot->server" in text
     assert "same plan (all on server): offload, pipeline" in text
+    twins = [fake_run(s, 60.0 + k, "A", ["robot"]) for k, s in enumerate(["local", "neurosurgeon", "pipeline"])]
+    text = "\n".join(summary_lines([*twins, fake_run("offload", 120.0, "B", ["server"])]))
+    assert text.startswith(
+        "winner (latency): local = neurosurgeon = pipeline, 61.0 ms per frame, all on robot (the same"
+    )
+    assert "1.97x faster than offload" in text and "faster than local" not in text
 
 
 def test_comparison_fits_80_columns_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,12 +179,13 @@ def _bound(r: dict[str, Any]) -> str:
     between links and compute."""
     n = max(r["requests"], 1)
     busiest = max(
-        [(d["compute_s"], f"device {name} computing") for name, d in r["devices"].items()]
+        [(d["busy_s"], f"device {name} computing") for name, d in r["devices"].items()]
         + [(link["busy_s"], f"link {name} sending") for name, link in r["links"].items()],
         default=(0.0, "nothing"),
     )
     link_ms = sum(link["busy_s"] for link in r["links"].values()) / n * 1e3
-    compute_ms = sum(d["compute_s"] for d in r["devices"].values()) / n * 1e3
+    # busy_s: what the emulated devices took (a slow device's tasks padded to its speed)
+    compute_ms = sum(d["busy_s"] for d in r["devices"].values()) / n * 1e3
     if link_ms > compute_ms:
         hint = "fewer bytes on the link would help most (camera frames: --input uint8-image sends 4x less)"
         kind = "link-bound"
@@ -198,50 +199,67 @@ def _bound(r: dict[str, Any]) -> str:
 
 
 def summary_lines(results: list[dict[str, Any]]) -> list[str]:
-    """Who won, by how much and why, and which strategies chose the same plan (plain text)."""
+    """Who won, by how much and why, and which strategies chose the same plan (plain text).
+
+    Strategies that chose the same plan are one contender, scored by the median of their runs:
+    their differences are measurement noise, and naming one of them the winner would be noise too.
+    """
     if not results:
         return []
+    import statistics
+
     objective = results[0].get("objective", "latency")
-    exact = [r for r in results if r["correct"]]
-    pool = exact or results
+    pool = [r for r in results if r["correct"]] or results
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in pool:
+        groups.setdefault(r.get("plan_key") or r["strategy"], []).append(r)
     if objective == "throughput":
-        ranked = sorted(pool, key=lambda r: -r["throughput_per_s"])
-        best = ranked[0]
-        score = f"{best['throughput_per_s']:.2f} frames/s"
 
-        def versus(r: dict[str, Any]) -> str:
-            ratio = best["throughput_per_s"] / max(r["throughput_per_s"], 1e-12)
-            return f"{ratio:.2f}x the throughput of {r['strategy']}"
+        def score(group: list[dict[str, Any]]) -> float:
+            return -statistics.median(r["throughput_per_s"] for r in group)
+
+        def shown(group: list[dict[str, Any]]) -> str:
+            return f"{-score(group):.2f} frames/s"
+
+        def versus(best: list[dict[str, Any]], other: list[dict[str, Any]]) -> str:
+            return f"{score(best) / min(score(other), -1e-12):.2f}x the throughput of {_names(other)}"
     else:
-        ranked = sorted(pool, key=lambda r: r["single_latency_s"])
-        best = ranked[0]
-        score = f"{best['single_latency_s'] * 1e3:.1f} ms per frame"
 
-        def versus(r: dict[str, Any]) -> str:
-            return f"{r['single_latency_s'] / best['single_latency_s']:.2f}x faster than {r['strategy']}"
+        def score(group: list[dict[str, Any]]) -> float:
+            return statistics.median(r["single_latency_s"] for r in group)
 
-    lines = [f"winner ({objective}): {best['strategy']}, {score}, {plan_shape(best)}"]
-    others = [r for r in ranked[1:] if r.get("plan_key") != best.get("plan_key")]
+        def shown(group: list[dict[str, Any]]) -> str:
+            return f"{score(group) * 1e3:.1f} ms per frame"
+
+        def versus(best: list[dict[str, Any]], other: list[dict[str, Any]]) -> str:
+            return f"{score(other) / score(best):.2f}x faster than {_names(other)}"
+
+    ranked = sorted(groups.values(), key=score)
+    best = ranked[0]
+    same = " (the same plan, chosen by each)" if len(best) > 1 else ""
+    lines = [f"winner ({objective}): {_names(best)}, {shown(best)}, {plan_shape(best[0])}{same}"]
     beaten = []
-    if others:
-        beaten.append(versus(others[0]) + f" ({plan_shape(others[0])})")
-    local = next((r for r in ranked if r["strategy"] == "local"), None)
-    if local is not None and local is not best and (not others or local is not others[0]):
-        beaten.append(versus(local))
+    if len(ranked) > 1:
+        beaten.append(f"{versus(best, ranked[1])} ({plan_shape(ranked[1][0])})")
+    local = next((g for g in ranked[2:] if any(r["strategy"] == "local" for r in g)), None)
+    if local is not None:
+        beaten.append(versus(best, local))
     if beaten:
         lines.append("  " + "; ".join(beaten))
-    lines.append(f"  why: {_bound(best)}")
-    groups: dict[str, list[str]] = {}
-    for r in results:
-        groups.setdefault(r.get("plan_key") or r["strategy"], []).append(r["strategy"])
-    same = [names for names in groups.values() if len(names) > 1]
-    for names in same:
-        shape = plan_shape(next(r for r in results if r["strategy"] == names[0]))
-        lines.append(f"  same plan ({shape}): {', '.join(names)}; their differences are measurement noise")
+    else:
+        lines.append("  every strategy chose this plan")
+    lines.append(f"  why: {_bound(best[0])}")
+    for group in ranked[1:]:
+        if len(group) > 1:
+            lines.append(f"  same plan ({plan_shape(group[0])}): {', '.join(r['strategy'] for r in group)}")
     wrong = [r["strategy"] for r in results if not r["correct"]]
     if wrong:
         lines.append(f"  WRONG outputs (not ranked): {', '.join(wrong)}")
     return lines
+
+
+def _names(group: list[dict[str, Any]]) -> str:
+    return " = ".join(r["strategy"] for r in group)
 
 
 def print_summary(results: list[dict[str, Any]]) -> None:
