@@ -174,9 +174,9 @@ def plan_key(plan: Any) -> str:
     return hashlib.sha1("\n".join(sorted(parts)).encode()).hexdigest()[:12]
 
 
-def _bound(r: dict[str, Any]) -> str:
-    """Why a run measured what it did: the busiest resource of its stream, and a frame's split
-    between links and compute."""
+def _bound(r: dict[str, Any], hint: bool = True) -> str:
+    """Why a run measured what it did: a frame's time on links against its time computing (the
+    emulated devices' busy time), and the busiest resource of its stream."""
     n = max(r["requests"], 1)
     busiest = max(
         [(d["busy_s"], f"device {name} computing") for name, d in r["devices"].items()]
@@ -187,15 +187,15 @@ def _bound(r: dict[str, Any]) -> str:
     # busy_s: what the emulated devices took (a slow device's tasks padded to its speed)
     compute_ms = sum(d["busy_s"] for d in r["devices"].values()) / n * 1e3
     if link_ms > compute_ms:
-        hint = "fewer bytes on the link would help most (camera frames: --input uint8-image sends 4x less)"
         kind = "link-bound"
+        advice = "fewer bytes on the link would help most (camera frames: --input uint8-image sends 4x less)"
     else:
-        hint = "faster devices, or more of them sharing the work, would help most"
         kind = "compute-bound"
-    return (
-        f"{kind}: per frame {link_ms:.1f} ms on links, {compute_ms:.1f} ms computing; "
-        f"the stream's busiest resource is {busiest[1]}; {hint}"
-    )
+        advice = "faster devices, or more of them sharing the work, would help most"
+    text = f"{kind}: per frame {link_ms:.1f} ms on links, {compute_ms:.1f} ms computing"
+    if not hint:
+        return text
+    return f"{text}; the stream's busiest resource is {busiest[1]}; {advice}"
 
 
 def summary_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -249,6 +249,8 @@ def summary_lines(results: list[dict[str, Any]]) -> list[str]:
     else:
         lines.append("  every strategy chose this plan")
     lines.append(f"  why: {_bound(best[0])}")
+    if len(ranked) > 1:
+        lines.append(f"  {_names(ranked[1])}: {_bound(ranked[1][0], hint=False)}")
     for group in ranked[1:]:
         if len(group) > 1:
             lines.append(f"  same plan ({plan_shape(group[0])}): {', '.join(r['strategy'] for r in group)}")
