@@ -480,3 +480,25 @@ def test_no_recover_fails_fast_and_still_reports(small) -> None:
         report = rs.report()
     assert report["enabled"] is False and [f["device"] for f in report["failures"]] == ["b"]
     assert report["replans"] == []
+
+
+def test_connect_recovers_by_default() -> None:
+    """Issue 13, item 6: the Python API re-plans and replays on a device loss by default."""
+    import os
+    import signal
+
+    import edgeweave
+
+    torch.manual_seed(1)
+    module = small_cnn().eval()
+    x = torch.randn(1, 3, 16, 16)
+    frames = [torch.randn(1, 3, 16, 16) for _ in range(30)]
+    with edgeweave.connect(_cluster(), None, module, example_input=x, strategy="even", objective="throughput") as s:
+        assert sorted(s.plan.devices) == ["a", "b", "c"]
+        first = s.infer_many(frames[:10])
+        os.kill(s.remotes["c"].local.proc.pid, signal.SIGKILL)
+        rest = s.infer_many(frames[10:])
+        assert [f["device"] for f in s.report()["failures"]] == ["c"]
+    reference = [module(f) for f in frames]
+    for y, r in zip(first + rest, reference, strict=True):
+        assert torch.allclose(y, r, rtol=1e-4, atol=1e-5)

@@ -43,8 +43,14 @@ def connect(
     example_input: torch.Tensor | None = None,
     checkpoint: str | Path | None = None,
     options: SessionOptions | None = None,
+    recover: bool = True,
 ) -> Session:
     """Deploy `plan` on `cluster` and return a session that runs `model`.
+
+    With `recover` (the default) a device lost during a call is planned around and the requests
+    it held are replayed (runtime/resilient.py), so a call returns every output; the plan's own
+    strategy and objective make the new plan, from the profile measured here (when `plan` was
+    given, measured at the first loss). `recover=False` fails the call at the first loss instead.
 
     `model` is a zoo name, a `package.module:factory` spec (give `input_shape`, and
     `input_dtype`/`input_range` for token ids), or an `nn.Module` (then give `example_input`,
@@ -57,6 +63,7 @@ def connect(
     from edgeweave.cost.cluster import Cluster
     from edgeweave.errors import UserError
     from edgeweave.plan.ir import Plan
+    from edgeweave.plan.strategies import make_plan
     from edgeweave.runtime.session import Session
     from edgeweave.zoo import capture_model, check_input_dtype, parse_input_shape
 
@@ -88,21 +95,32 @@ def connect(
             input_range=input_range,
         )
     graph, weights = capture_model(spec)
+    profiles: list[Any] = []  # measured once, when first needed
     if the_plan is None:
-        the_plan = _plan_here(spec, graph, weights, the_cluster, strategy, objective)
+        profiles.append(_profile_here(spec, graph, weights))
+        the_plan = make_plan(profiles[0], the_cluster, strategy, objective, graph)
     elif the_plan.num_nodes != len(graph.nodes):
         where = plan if isinstance(plan, str | Path) else "the plan"
         raise UserError(
             f"{where} was made for {the_plan.model} ({the_plan.num_nodes} nodes), not for {spec.name} "
             f"({len(graph.nodes)} nodes): plan this model, or pass plan=None to plan it here"
         )
-    return Session(the_cluster, the_plan, graph, weights, options)
+    if not recover:
+        return Session(the_cluster, the_plan, graph, weights, options)
+    from edgeweave.runtime.resilient import ResilientSession
+
+    first = the_plan
+
+    def replan(survivors: Cluster) -> Plan:
+        if not profiles:
+            profiles.append(_profile_here(spec, graph, weights))
+        return make_plan(profiles[0], survivors, first.strategy, first.objective, graph)
+
+    return ResilientSession(the_cluster, the_plan, graph, weights, replan, options)  # type: ignore[return-value]
 
 
-def _plan_here(spec: Any, graph: Any, weights: Any, cluster: Any, strategy: str, objective: str) -> Plan:
-    """Profile `spec` on this machine (one thread, as workers compute) and plan it."""
+def _profile_here(spec: Any, graph: Any, weights: Any) -> Any:
+    """Profile `spec` on this machine (one thread, as workers compute)."""
     from edgeweave.cost.profiler import profile_graph
-    from edgeweave.plan.strategies import make_plan
 
-    profile = profile_graph(graph, weights, spec.example_input, module=spec.module, warmup=1, repeats=3)
-    return make_plan(profile, cluster, strategy, objective, graph)
+    return profile_graph(graph, weights, spec.example_input, module=spec.module, warmup=1, repeats=3)
