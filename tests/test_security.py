@@ -622,3 +622,55 @@ def test_a_meta_tensor_is_refused_and_the_session_keeps_serving(tiny) -> None:
             with pytest.raises(UserError, match="dense CPU tensor"):
                 session.infer(bad)
         assert torch.equal(session.infer(x), GraphRunner(tiny.graph, tiny.weights).run(x))
+
+
+def test_a_hand_started_worker_is_freed_when_its_coordinator_is_killed(tiny, keys: Path, tmp_path: Path) -> None:
+    """Item 5: a coordinator SIGKILLed mid-session must not leave a helper busy for ever: its
+    connection closes, the worker's lease check finds it gone and serves the next session."""
+    port = free_port()
+    proc = _hand_started(keys, port)
+    script = tmp_path / "coordinator.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        "from torch import nn\n"
+        "from edgeweave.cost.cluster import Cluster\n"
+        "from edgeweave.plan.ir import Plan\n"
+        "from edgeweave.graph import capture\n"
+        "from edgeweave.runtime.session import Session, SessionOptions\n"
+        f"plan = Plan.model_validate_json(open({str(tmp_path / 'plan.json')!r}).read())\n"
+        "torch.manual_seed(0)\n"
+        "m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),\n"
+        "                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()\n"
+        "graph, weights = capture(m, torch.randn(1, 3, 32, 32), 'tiny')\n"
+        f"cluster = Cluster.load({str(tmp_path / 'c.json')!r})\n"
+        f"s = Session(cluster, plan, graph, weights, SessionOptions(connect_timeout_s=30, keys={str(keys)!r}))\n"
+        "print('UP', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    cluster = tiny.cluster(b={"address": f"tcp://127.0.0.1:{port}"})
+    (tmp_path / "plan.json").write_text(tiny.plan.model_dump_json())
+    (tmp_path / "c.json").write_text(json.dumps(cluster.to_dict()))
+    coordinator = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert coordinator.stdout.readline().strip() == b"UP"
+        options = SessionOptions(connect_timeout_s=5, keys=keys)
+        with pytest.raises(DeviceFailure, match="serving another session"):
+            Session(cluster, tiny.plan, tiny.graph, tiny.weights, options)
+        coordinator.kill()
+        coordinator.wait(10)
+        start = time.monotonic()
+        while True:
+            try:
+                session = Session(cluster, tiny.plan, tiny.graph, tiny.weights, options)
+                break
+            except DeviceFailure:
+                assert time.monotonic() - start < 8, "the killed coordinator's session still holds the worker"
+                time.sleep(0.3)
+        with session:
+            x = make_inputs(tiny.graph, 1, seed=6)[0]
+            assert torch.equal(session.infer(x), GraphRunner(tiny.graph, tiny.weights).run(x))
+        print(f"\nfreed {time.monotonic() - start:.2f} s after its coordinator was killed")
+    finally:
+        coordinator.kill()
+        proc.terminate()
+        proc.wait(10)
