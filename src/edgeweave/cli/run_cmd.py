@@ -293,11 +293,15 @@ def worker(
     max_frame_bytes: Annotated[
         int,
         typer.Option(
-            "--max-frame-bytes", min=1 << 20, help="Largest frame accepted (a device's weights travel in one frame)."
+            "--max-frame-bytes",
+            min=1 << 20,
+            help="Largest frame accepted: the largest tensor a peer sends here (weights travel in 256 KiB chunks).",
         ),
-    ] = 2 << 30,
+    ] = 64 << 20,
 ) -> None:
-    """Serve one device: wait for a coordinator to deploy its part of a plan, then execute it."""
+    """Serve one device, one session after another: a coordinator deploys its part of a plan and
+    runs requests; closing the session frees the worker for the next one (it keeps running). A
+    second coordinator meanwhile is told the worker is busy."""
     import zmq
 
     from edgeweave.runtime.security import check_listen
