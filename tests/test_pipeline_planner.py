@@ -19,7 +19,8 @@ import pytest
 
 from edgeweave.errors import UserError
 from edgeweave.plan.costmodel import PipelineModel, Stage
-from edgeweave.plan.pipeline import device_classes, plan_pipeline
+from edgeweave.plan.pipeline import plan_pipeline
+from edgeweave.plan.pipeline_latency import device_classes
 
 
 def random_model(rng: np.random.Generator, L: int, N: int, kind: str) -> PipelineModel:

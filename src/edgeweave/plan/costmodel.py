@@ -217,3 +217,44 @@ class PipelineModel:
         t = self.cut_bytes[cut] / self.bandwidth
         np.fill_diagonal(t, 0.0)
         return t
+
+
+def memory_reach(pm: PipelineModel, capacity: int) -> np.ndarray:
+    """qmem[p]: the largest end q with stage [p, q) fitting in `capacity` (q = p: nothing fits).
+
+    Stage memory (params + largest activation) only grows with the stage, so a binary search per
+    start over a sparse table of range maxima finds every end at once."""
+    L = pm.num_nodes
+    out = pm.out_bytes
+    levels = [out]
+    while (1 << len(levels)) <= L:
+        prev, half = levels[-1], 1 << (len(levels) - 1)
+        levels.append(np.maximum(prev[:-half], prev[half:]))
+    p = np.arange(L + 1)
+    lo, hi = p.copy(), np.full(L + 1, L)
+
+    def fits(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        length = np.maximum(end - start, 1)
+        k = np.floor(np.log2(length)).astype(np.int64)
+        s = np.minimum(start, L - 1)
+        peak = np.zeros(len(start), dtype=np.int64)
+        for lvl in np.unique(k):
+            sel = k == lvl
+            table = levels[lvl]
+            peak[sel] = np.maximum(table[s[sel]], table[np.maximum(end[sel] - (1 << lvl), 0)])
+        need = pm.prefix_params[end] - pm.prefix_params[start] + peak
+        return (end <= start) | (need <= capacity)
+
+    while np.any(lo < hi):
+        mid = (lo + hi + 1) // 2
+        ok = fits(p, mid)
+        lo = np.where(ok & (lo < hi), mid, lo)
+        hi = np.where(~ok & (lo < hi), mid - 1, hi)
+    return lo
+
+
+def internal_cuts(pm: PipelineModel) -> np.ndarray:
+    """Cuts a stage may end at other than the last (allowed, not 0, not L)."""
+    internal = pm.allowed.copy()
+    internal[0] = internal[pm.num_nodes] = False
+    return internal
