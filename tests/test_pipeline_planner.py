@@ -290,3 +290,42 @@ def test_time_budget_reports_a_proven_gap() -> None:
     assert lower <= exact.costs.bottleneck_s * (1 + 1e-9) <= value * (1 + 1e-9)
     assert rushed.stats["gap"] == pytest.approx((value - lower) / value)
     assert rushed.stats["optimal"] == (rushed.stats["gap"] == 0.0) or rushed.stats["optimal"] is False
+
+
+def test_latency_objective_out_of_time_still_plans_and_bounds() -> None:
+    rng = np.random.default_rng(9)
+    pm = random_model(rng, 12, 6, "general")
+    pm.memory[:] = int(pm.params.sum()) + int(pm.out_bytes.max())
+    exact = plan_pipeline(pm, "latency")
+    rushed = plan_pipeline(pm, "latency", time_budget=0.0)
+    assert rushed.costs.fits and not rushed.stats["optimal"]
+    assert rushed.stats["lower_bound_s"] <= exact.costs.latency_s * (1 + 1e-9) <= rushed.costs.latency_s * (1 + 1e-9)
+
+
+def test_plan_command_reports_the_search(tmp_path) -> None:
+    """`plan --json` says whether the pipeline plan is proven optimal, and how far it may be off."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeweave.cli.app import app
+
+    nodes, prev = [], "input"
+    for i in range(8):
+        node = {"name": f"n{i}", "time_s": 0.01 * (i + 1), "out_bytes": 4000, "param_bytes": 100, "inputs": [prev]}
+        nodes.append(node)
+        prev = f"n{i}"
+    (tmp_path / "p.json").write_text(json.dumps({"model": "toy", "input_bytes": 4000, "nodes": nodes}))
+    (tmp_path / "c.yaml").write_text(
+        "source: a\ndevices:\n  a: {speed: 1, memory: 1GiB}\n  b: {speed: 2, memory: 1GiB}\n"
+        "  c: {speed: 0.5, memory: 1GiB}\n"
+        "links:\n  default: {bandwidth: 100Mbps, latency: 1ms}\n  a->b: {bandwidth: 20Mbps, latency: 3ms}\n"
+    )
+    args = ["plan", "--profile", str(tmp_path / "p.json"), "--cluster", str(tmp_path / "c.yaml")]
+    args += ["--strategy", "pipeline", "--objective", "throughput", "--time-budget", "5", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    search = json.loads(result.stdout)["search"]
+    assert search == {"optimal": True, "lower_bound_s": search["lower_bound_s"], "gap": 0.0, "time_budget_s": 5.0}
+    bad = CliRunner().invoke(app, [*args[:-3], "--time-budget", "0", "--json"])
+    assert isinstance(bad.exception, UserError) and "--time-budget must be > 0" in str(bad.exception)

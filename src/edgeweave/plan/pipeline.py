@@ -239,11 +239,16 @@ def plan_pipeline(
     if objective == "latency":
         pb = LatencyProblem(pm)
         found = latency_search(pb, uniform, upper=single_device_latency(pm), deadline=deadline)
-        if found.latency is None:
-            if found.complete:
-                raise _no_plan_error(pm)
-            raise UserError(f"no pipeline plan for {pm.model} found within the time budget of {time_budget:g} s")
-        stages = to_stages(pb, found.stages)
+        if found.latency is not None:
+            stages = to_stages(pb, found.stages)
+        elif found.complete:
+            raise _no_plan_error(pm)
+        else:  # out of time before any plan: the best one-device plan, if one fits (the search's upper bound)
+            fits = [d for d in range(pm.num_devices) if pm.stage_memory(0, pm.num_nodes) <= pm.memory[d]]
+            if not fits:
+                raise UserError(f"no pipeline plan for {pm.model} found within the time budget of {time_budget:g} s")
+            one = [[Stage(0, pm.num_nodes, d)] for d in fits]
+            stages = min(one, key=lambda st: pm.evaluate(st).latency_s)
         costs = pm.evaluate(stages)
         lower = costs.latency_s if found.complete else min(found.lower, costs.latency_s)
         gap = (costs.latency_s - lower) / costs.latency_s if costs.latency_s > 0 else 0.0
