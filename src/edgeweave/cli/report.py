@@ -156,11 +156,14 @@ def print_comparison(results: list[dict[str, Any]], title: str | None = None) ->
 
 
 def plan_shape(r: dict[str, Any]) -> str:
-    """A plan in a few words: "all on server", "split over robot, server"."""
+    """A plan in a few words: "all on server", "all on server, the source sending 8 messages a frame"
+    (the frame streamed in chunks), "split over robot, server"."""
     devices = r.get("plan_devices") or [d for d, v in r["devices"].items() if v.get("tasks")]
+    sent = r.get("plan_messages_out") or 0
+    streamed = f", the source sending {sent} messages a frame" if sent > 1 else ""
     if len(devices) == 1:
-        return f"all on {devices[0]}"
-    return f"split over {', '.join(devices)}"
+        return f"all on {devices[0]}{streamed}"
+    return f"split over {', '.join(devices)}{streamed}"
 
 
 def plan_key(plan: Any) -> str:

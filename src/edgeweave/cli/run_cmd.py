@@ -150,6 +150,9 @@ def run_strategies(
         result["profile"] = ready.source.to_dict()
         result["plan_key"] = plan_key(the_plan)
         result["plan_devices"] = list(dict.fromkeys(t.device for t in the_plan.tasks if t.kind == "compute"))
+        result["plan_messages_out"] = sum(
+            1 for t in the_plan.tasks if t.kind == "transfer" and t.src == the_plan.source
+        )
         results.append(result)
     return results
 
