@@ -214,19 +214,26 @@ def test_plaintext_and_unknown_keys_get_no_answer_but_members_do(keys: Path, tmp
         live.close()
 
 
-def test_without_keys_the_first_hello_owns_the_worker() -> None:
+def test_without_keys_the_first_hello_owns_the_worker_until_it_releases_it() -> None:
     live = LiveWorker("b")
     ctx = zmq.Context()
     try:
         owner, other = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
         for sock in (owner, other):
             sock.connect(live.worker.endpoint)
-        assert ask(owner, {"type": "hello"}, 5000)["device"] == "b"
-        assert ask(other, {"type": "hello"}, 5000)["device"] == "b"
+        assert ask(owner, {"type": "hello"}, 5000)["type"] == "hello"
+        busy = ask(other, {"type": "hello"}, 5000)
+        assert busy["type"] == "busy" and "serving another session" in busy["error"]
         other.send_multipart(pack({"type": "shutdown"}))
         other.send_multipart(pack({"type": "collect"}))
-        assert ask(other, {"type": "ping"}, 5000)["dropped"] == 2
-        assert ask(owner, {"type": "shutdown"}, 5000)["type"] == "bye"
+        pong = ask(other, {"type": "ping"}, 5000)
+        assert pong["dropped"] == 2 and pong["yours"] is False
+        assert ask(owner, {"type": "ping"}, 5000)["yours"] is True
+        # a hand-started (persistent) worker: shutdown releases the session, it does not exit
+        assert ask(owner, {"type": "shutdown"}, 5000, kind="bye")["type"] == "bye"
+        assert not live.worker.stopping.is_set()
+        assert ask(other, {"type": "hello"}, 5000, kind="hello")["device"] == "b"  # free for the next one
+        assert ask(owner, {"type": "ping"}, 5000, kind="pong")["yours"] is False
         for sock in (owner, other):
             sock.close(0)
     finally:
