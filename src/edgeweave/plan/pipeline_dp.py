@@ -18,8 +18,12 @@ Three facts make the state space small enough to sweep exactly:
   work, less memory, and its incoming link passes because c2 is unrestricted). So a state keeps
   one number for unrestricted cuts (the farthest) and a bitset per last group only for the
   restricted cuts beyond it.
-* **Capacity pruning.** A configuration whose remaining work exceeds T times the speed bound of the
-  unused devices cannot finish.
+* **Pruning by relaxations.** A configuration is expanded only if its unused devices could
+  still finish from it: the remaining work within T times their speed bound, and the cut at or
+  past where a relaxation (groups of similar speed merged, each as good as its best member,
+  `coarsen`) can finish with them (`finish_table`, swept backwards once per T). Before any sweep,
+  a second relaxation that keeps every link but lets devices come back (`walk_feasible`)
+  rejects T outright where links, not compute, decide.
 
 The sweep visits states in increasing mixed-radix index (adding a device only increases it), so a
 state is final when visited. It runs in chunks so a time budget can stop it between chunks. The
@@ -38,11 +42,12 @@ import numpy as np
 
 REL = 1e-9  # tolerance for comparing times computed along different arithmetic paths
 MAX_STATES = 1 << 27  # int16 farthest-cut table of 256 MiB
-MAX_BITSET_BYTES = 1 << 29
+MAX_BITSET_BYTES = 1 << 29  # restricted-cut bitsets (past it, the test is Unknown; 24 distinct devices
+# with links binding at most cuts need ~1.1 GB to be proven, see the closing note of issue 14)
 JIT_THRESHOLD = 20_000  # states x groups below which the Python kernel is as fast as compiling
-CHUNK = 1 << 21
+CHUNK = 1 << 21  # states per kernel call between time-budget checks
 BLOCK_SHIFT = 8  # the sweep skips blocks of 2^8 states that nothing reached
-COARSE_STATES = 1 << 18  # states of the coarse (bracketing) sweeps  # states per kernel call between time-budget checks
+COARSE_STATES = 1 << 18  # states of the coarse (relaxed) sweeps and backward tables
 
 
 class Unknown(Exception):
