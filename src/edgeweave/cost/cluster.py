@@ -701,6 +701,7 @@ def cluster_summary(cluster: Cluster) -> dict[str, Any]:
             "memory_bytes": device.memory_bytes,
             "power": device.power.model_dump() if device.power is not None else None,
             "address": device.address,
+            "profile": str(cluster.profile_path(name)) if device.profile is not None else None,
         }
         for name, device in cluster.devices.items()
     }
