@@ -343,7 +343,9 @@ class Checked:
 
 # --------------------------------------------------------------------------- how to run it
 
-RequestsOpt = Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests to stream (after warm-up).")]
+RequestsOpt = Annotated[
+    int, typer.Option("--requests", "-n", min=1, metavar="N", help="Requests to stream (after warm-up), at least 1.")
+]
 LinksOpt = Annotated[
     str,
     typer.Option("--links", help="shaper (in-process token bucket) or netns (Linux namespaces + tc, root only)."),
@@ -361,11 +363,14 @@ InflightOpt = Annotated[
     typer.Option(
         "--max-inflight",
         min=1,
+        metavar="N",
         help="Requests in the system at once (default: one per plan task + 1).",
         show_default=False,
     ),
 ]
-TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", min=0.1, help="Seconds to wait for a worker.")]
+TimeoutOpt = Annotated[
+    float, typer.Option("--connect-timeout", min=0.1, metavar="SECONDS", help="Seconds to wait for a worker.")
+]
 KeysOpt = Annotated[
     Path | None,
     typer.Option(
