@@ -71,6 +71,7 @@ def simulate(
                 "strategy": loaded.strategy,
                 "objective": loaded.objective,
                 "predicted": _predicted(loaded),
+                "profile": getattr(loaded, "profile_source", None),
                 **result.to_dict(events=False),
                 **predict_energy(loaded, other, stream=result).fields(),
                 **written,
@@ -89,6 +90,11 @@ def simulate(
         console.print(f"energy: unknown ({energy.why_not})")
     for what, where in written.items():
         console.print(f"{what} written to {where}")
+    source = getattr(loaded, "profile_source", None)
+    if source:  # plans written by `edgeweave plan` say which profile they were made from
+        from edgeweave.cost.store import ProfileSource
+
+        console.print(f"plan made from {ProfileSource(**source).describe()}", markup=False)
 
 
 def _write(action: Callable[[], Path], path: Path) -> Path:
