@@ -35,7 +35,7 @@ def profile_path(tmp_path_factory, cache_dir: Path) -> Path:
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["nodes"] == 69 and summary["out"] == str(path)
+    assert summary["nodes"] == len(json.loads(path.read_text())["nodes"]) > 40 and summary["out"] == str(path)
     return path
 
 
@@ -67,7 +67,8 @@ def test_plan_json_has_the_contract_fields(profile_path: Path, strategy: str) ->
     assert out["predicted"]["latency_s"] > 0 and out["predicted"]["throughput_per_s"] > 0
     if strategy != "dads":
         stages = out["stages"]
-        assert stages[0]["first"] == 0 and stages[-1]["last"] == 68
+        last = len(json.loads(profile_path.read_text())["nodes"]) - 1  # however many nodes capture makes
+        assert stages[0]["first"] == 0 and stages[-1]["last"] == last
         assert all(a["last"] + 1 == b["first"] for a, b in zip(stages, stages[1:], strict=False))
 
 
