@@ -118,7 +118,8 @@ def run_strategies(
     from edgeweave.cli.plan_cmd import attach_prediction, node_modules, with_source
     from edgeweave.plan.strategies import make_plan
 
-    assert choice is not None
+    if choice is None:
+        raise UserError("no model given: name one (see `edgeweave models`) or pass --model package.module:factory")
     checked = p.check(names, has_model=True)
     resilience = e.check()
     ready = prepare(choice, checked.profile, p.profile, p.cache_dir, p.no_cache)
@@ -160,15 +161,21 @@ def run_strategies(
 def _replanner(ready: Any, p: PlanningOptions, checked: Any) -> Any:
     """`strategy -> (cluster -> Plan)`: the planner a resilient run calls after a failure or a
     bandwidth change, with every planning option the first plan was made with."""
-    from edgeweave.plan.band import SegmentGeometry
     from edgeweave.plan.strategies import make_plan
 
-    geometry = SegmentGeometry(ready.profile, ready.graph)  # kept: re-plans take ~0.1 s
+    kept: dict[str, Any] = {}  # the model's band geometry, made at the first re-plan (then ~0.1 s each)
+
+    def geometry() -> Any:
+        if "geometry" not in kept:
+            from edgeweave.plan.band import SegmentGeometry
+
+            kept["geometry"] = SegmentGeometry(ready.profile, ready.graph)
+        return kept["geometry"]
 
     def for_strategy(strategy: str) -> Any:
         def replan(cluster: Any) -> Any:
             kwargs = p.plan_kwargs(strategy, checked.hybrid)
-            return make_plan(ready.profile, cluster, strategy, p.objective, ready.graph, geometry=geometry, **kwargs)
+            return make_plan(ready.profile, cluster, strategy, p.objective, ready.graph, geometry=geometry(), **kwargs)
 
         return replan
 
