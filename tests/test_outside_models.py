@@ -135,5 +135,9 @@ def test_connect_with_a_plan_for_another_model_is_one_line(tmp_path: Path, monke
     with pytest.raises(UserError, match=r"was made for outside_models:small_cnn \(\d+ nodes\), not for") as caught:
         edgeweave.connect(cluster, plan_file, "outside_models:channels_mismatch", input_shape=(1, 4, 8, 8))
     assert "\n" not in str(caught.value)
+    other = tmp_path / "other.yaml"
+    other.write_text(cluster.read_text().replace("a:", "x:").replace("b:", "y:").replace("source: a", "source: x"))
+    with pytest.raises(UserError, match="was made for another cluster: it uses a"):
+        edgeweave.connect(other, plan_file, "outside_models:small_cnn", input_shape=(1, 3, 8, 8))
     with pytest.raises(UserError, match="unknown strategy 'pipelin'"):
         edgeweave.connect(cluster, None, "outside_models:small_cnn", input_shape=(1, 3, 8, 8), strategy="pipelin")

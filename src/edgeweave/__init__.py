@@ -105,6 +105,14 @@ def connect(
             f"{where} was made for {the_plan.model} ({the_plan.num_nodes} nodes), not for {spec.name} "
             f"({len(graph.nodes)} nodes): plan this model, or pass plan=None to plan it here"
         )
+    missing = [d for d in the_plan.devices if d not in the_cluster.devices]
+    if missing or the_plan.source != the_cluster.source:
+        where = plan if isinstance(plan, str | Path) else "the plan"
+        raise UserError(
+            f"{where} was made for another cluster: it uses {', '.join(missing) or the_plan.source + ' as source'}, "
+            f"which {the_cluster.name or 'this cluster'} does not have (devices: {', '.join(the_cluster.devices)}, "
+            f"source {the_cluster.source}); plan for this cluster, or pass plan=None"
+        )
     if not recover:
         return Session(the_cluster, the_plan, graph, weights, options)
     from edgeweave.runtime.resilient import ResilientSession
