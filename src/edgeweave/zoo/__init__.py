@@ -245,6 +245,7 @@ _LAZY = {
     "BertLastHiddenState",
     "UInt8Image",
     "PixelLabels",
+    "OneTensorOut",
     "as_uint8_image",
     "as_labels",
     "build_model",

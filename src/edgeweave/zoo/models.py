@@ -2,8 +2,8 @@
 
 Everything downstream (graph capture, profiling, planning, the runtime) needs the same two
 things: an `nn.Module` in eval mode and an example input of the right shape and dtype. This
-module is the only place that knows how to make them, from either a zoo name (`edgeweave models`)
-or a user's `package.module:factory`.
+module is the only place that makes them (`load_model`), from either a zoo name (built by
+`zoo.builders`) or a user's `package.module:factory`, with weights from `zoo.checkpoint` if given.
 
 No weights can be downloaded, so zoo models are randomly initialised. Initialisation is seeded,
 so every process that builds the same model with the same seed (the planner, each runtime
@@ -19,23 +19,37 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from edgeweave.compat import import_torchvision, prepare_third_party
+from edgeweave.compat import prepare_third_party
 from edgeweave.errors import UserError
-from edgeweave.zoo import (
-    INPUT_KINDS,
-    Shape,
-    ZooEntry,
-    check_input_dtype,
-    check_model_spec,
-    get_entry,
-    is_user_spec,
+from edgeweave.zoo import INPUT_KINDS, Shape, check_input_dtype, check_model_spec, get_entry, is_user_spec
+from edgeweave.zoo.builders import (
+    BertLastHiddenState,
+    KeypointHeatmaps,
+    MainOutput,
+    build_model,
+    check_shape,
+    format_shape,
 )
+from edgeweave.zoo.checkpoint import load_checkpoint
+
+__all__ = [  # the builders' and checkpoint's public names are re-exported: `from edgeweave.zoo import ...`
+    "BertLastHiddenState",
+    "KeypointHeatmaps",
+    "MainOutput",
+    "ModelSpec",
+    "as_labels",
+    "as_uint8_image",
+    "build_model",
+    "capture_model",
+    "example_input",
+    "load_checkpoint",
+    "load_model",
+]
 
 
 @dataclass
@@ -52,177 +66,6 @@ class ModelSpec:
     input_shape: Shape
     input_dtype: torch.dtype
     input_range: tuple[float, float] | None = None
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def _check_image_shape(name: str, shape: Shape) -> None:
-    """Image models take (batch, 3, height, width); catch other shapes before a confusing forward."""
-    if len(shape) != 4 or shape[1] != 3:
-        raise UserError(f"{name} takes an input of shape (batch, 3, height, width), got {_fmt(shape)}")
-
-
-def _torchvision_cnn(factory: str, shape: Shape, overrides: dict[str, int]) -> nn.Module:
-    """A torchvision classification CNN; these accept any image size (adaptive pooling)."""
-    _check_image_shape(factory, shape)
-    return getattr(import_torchvision().models, factory)(weights=None)
-
-
-def _square_size(name: str, shape: Shape, patch: int) -> int:
-    """The image size a ViT needs: square (torchvision asserts it) and a whole number of patches."""
-    _check_image_shape(name, shape)
-    height, width = shape[2], shape[3]
-    if height != width or height % patch:
-        raise UserError(f"{name} needs a square image whose side is a multiple of {patch}, got {height}x{width}")
-    return height
-
-
-def _torchvision_vit(
-    name: str, patch: int, layers: int, heads: int, hidden: int, mlp: int, shape: Shape, overrides: dict[str, int]
-) -> nn.Module:
-    """A torchvision VisionTransformer with the named size's dimensions; `num_layers` may shrink it.
-
-    Built directly (not through `torchvision.models.vit_*`) because those fix `num_layers`; with the
-    same arguments the result is identical to the named builder.
-    """
-    size = _square_size(name, shape, patch)
-    vt = import_torchvision().models.vision_transformer
-    return vt.VisionTransformer(
-        image_size=size,
-        patch_size=patch,
-        num_layers=overrides.get("num_layers", layers),
-        num_heads=heads,
-        hidden_dim=hidden,
-        mlp_dim=mlp,
-    )
-
-
-def _timm_vit_small(shape: Shape, overrides: dict[str, int]) -> nn.Module:
-    """timm's ViT-S/16. `pretrained=False` means timm never looks at the hub or the network."""
-    _check_image_shape("timm_vit_small", shape)
-    if shape[2] % 16 or shape[3] % 16:
-        raise UserError(f"timm_vit_small needs height and width multiples of 16, got {_fmt(shape)}")
-    import_torchvision()  # timm imports torchvision at import time
-    import timm
-
-    return timm.create_model("vit_small_patch16_224", pretrained=False, img_size=(shape[2], shape[3]), **overrides)
-
-
-class MainOutput(nn.Module):
-    """A torchvision segmentation model with one tensor out: its `out` map (class logits at input size).
-
-    torchvision returns a dict ({"out": ..., "aux": ...}); capture and the runtime need one
-    tensor. The model's submodules are adopted under their own names, so the state-dict keys
-    are torchvision's and its checkpoints load unchanged.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        self._forward = model.forward  # runs on the very submodules adopted above
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)["out"]
-
-
-def _torchvision_segmentation(factory: str, shape: Shape, overrides: dict[str, int]) -> nn.Module:
-    """A torchvision segmentation model, random init (no backbone download), without the aux head."""
-    _check_image_shape(factory, shape)
-    extra = {} if factory.startswith("lraspp") else {"aux_loss": False}
-    seg = import_torchvision().models.segmentation
-    return MainOutput(getattr(seg, factory)(weights=None, weights_backbone=None, **extra))
-
-
-class KeypointHeatmaps(nn.Module):
-    """Bottom-up keypoint heatmaps: ResNet-18 + FPN (torchvision's detection backbone) and a small head.
-
-    The head reads the finest FPN level (stride 4): a 3x3 convolution to 128 channels, then
-    Keypoint R-CNN's predictor (a stride-2 transposed convolution to 17 COCO keypoints and a
-    bilinear x2 resize), so the 17 heatmaps come out at input resolution. No boxes, no NMS: one
-    tensor out. BatchNorm instead of torchvision's frozen variant keeps the graph free of
-    per-call weight arithmetic (eval-mode BatchNorm is one operator).
-    """
-
-    def __init__(self, keypoints: int = 17):
-        super().__init__()
-        tv = import_torchvision()
-        detection = tv.models.detection
-        self.backbone = detection.backbone_utils.resnet_fpn_backbone(
-            backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
-        )
-        self.head = nn.Sequential(nn.Conv2d(self.backbone.out_channels, 128, 3, padding=1), nn.ReLU(inplace=True))
-        self.predictor = detection.keypoint_rcnn.KeypointRCNNPredictor(128, keypoints)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictor(self.head(self.backbone(x)["0"]))
-
-
-def _keypoints(shape: Shape, overrides: dict[str, int]) -> nn.Module:
-    _check_image_shape("keypoints_resnet18_fpn", shape)
-    return KeypointHeatmaps()
-
-
-class BertLastHiddenState(nn.Module):
-    """BERT with one tensor in (token ids) and one tensor out (the last hidden state).
-
-    Graph capture, partitioning and the runtime all assume one input and one output tensor;
-    a transformers model returns a ModelOutput holding several.
-    """
-
-    def __init__(self, bert: nn.Module):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=input_ids).last_hidden_state
-
-
-def _bert_config(overrides: Mapping[str, int]) -> Any:
-    """The default BertConfig (BERT-base), built locally: nothing is fetched from the hub."""
-    import_torchvision()  # transformers imports torchvision while loading its model code
-    from transformers import BertConfig
-
-    return BertConfig(attn_implementation="sdpa", **overrides)
-
-
-def _bert_base(shape: Shape, overrides: dict[str, int]) -> nn.Module:
-    """BERT-base encoder without the pooler, which the last hidden state does not use."""
-    config = _bert_config(overrides)
-    if len(shape) != 2 or shape[1] > config.max_position_embeddings:
-        raise UserError(
-            f"bert-base takes token ids of shape (batch, length <= {config.max_position_embeddings}), got {_fmt(shape)}"
-        )
-    from transformers import BertModel
-
-    return BertLastHiddenState(BertModel(config, add_pooling_layer=False))
-
-
-# The catalogue's `builder` names -> functions (args, shape, overrides) -> nn.Module.
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "torchvision_cnn": _torchvision_cnn,
-    "torchvision_vit": _torchvision_vit,
-    "torchvision_segmentation": _torchvision_segmentation,
-    "timm_vit_small": _timm_vit_small,
-    "keypoints": _keypoints,
-    "bert_base": _bert_base,
-}
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def build_model(name: str, *, input_shape: Shape | None = None, **overrides: int) -> nn.Module:
-    """Build zoo model `name` (random init from the current RNG state), optionally shrunk.
-
-    ViTs accept `num_layers=` (torchvision) or `depth=` (timm), BERT `num_hidden_layers=`; every
-    other dimension keeps its named size, so a 2-layer vit_h_14 has ViT-H's layers, only fewer.
-    """
-    entry = get_entry(name)
-    _check_overrides(entry, overrides)
-    shape = entry.input_shape if input_shape is None else _check_shape(input_shape)
-    return _BUILDERS[entry.builder](*entry.args, shape, dict(overrides)).eval()
 
 
 class UInt8Image(nn.Module):
@@ -313,7 +156,7 @@ def load_model(
     if input_kind not in INPUT_KINDS:
         raise UserError(f"unknown --input {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}")
     check_model_spec(spec)
-    shape = None if input_shape is None else _check_shape(input_shape)
+    shape = None if input_shape is None else check_shape(input_shape)
     dtype_name = check_input_dtype(_dtype_name(input_dtype) if isinstance(input_dtype, torch.dtype) else input_dtype)
     with _seeded(seed):
         if is_user_spec(spec):
@@ -413,7 +256,7 @@ def _input_problem(spec: ModelSpec, err: Exception) -> str:
     """One line naming why `spec.module` fails on its example input, with the option that fixes it."""
     text = str(err)
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)[:240]
-    got = f"an input of shape {_fmt(spec.input_shape)} {_dtype_name(spec.input_dtype)}"
+    got = f"an input of shape {format_shape(spec.input_shape)} {_dtype_name(spec.input_dtype)}"
     if "indices" in text and spec.input_dtype.is_floating_point:
         hint = "it takes integer ids: give --input-dtype int64 (and --input-range 0,VOCAB if it has no nn.Embedding)"
     elif "index out of range" in text:
@@ -427,43 +270,11 @@ def _input_problem(spec: ModelSpec, err: Exception) -> str:
     return f"{spec.name} fails on {got} ({type(err).__name__}: {first}); {hint}"
 
 
-def load_checkpoint(module: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a state dict from a .pt/.pth (torch) or .safetensors file; keys and shapes must match."""
-    state = _read_state_dict(Path(path))
-    _check_state_dict(module, state, Path(path))
-    module.load_state_dict(state, strict=True)
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _fmt(shape: Shape) -> str:
-    return ",".join(str(d) for d in shape)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _check_shape(shape: Any) -> Shape:
-    """An input shape must be a non-empty sequence of positive ints (bools are not ints here)."""
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        dims = ()
-    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-        raise UserError(f"bad input shape {shape!r}: expected positive integers like 1,3,224,224")
-    return dims
-
-
-def _check_overrides(entry: ZooEntry, overrides: Mapping[str, Any]) -> None:
-    """Reject overrides a model does not take, and sizes that are not positive ints."""
-    for key, value in overrides.items():
-        if key not in entry.overrides:
-            accepted = ", ".join(sorted(entry.overrides)) or "none"
-            raise UserError(f"model {entry.name} has no option '{key}' (accepted: {accepted})")
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"{key} for {entry.name} must be a positive integer, got {value!r}")
 
 
 @contextlib.contextmanager
@@ -554,48 +365,3 @@ def _resolve_factory(module_name: str, attr: str, spec: str) -> Callable[[], Any
     if not callable(obj):
         raise UserError(f"{spec} is not callable")
     return obj
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict; accept a training checkpoint that holds it under "state_dict" or "model"."""
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"checkpoint {path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(obj)
-
-
-def _check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Explain a mismatch in one line (load_state_dict's own message is long and multi-line)."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise UserError(
-            f"checkpoint {path} does not match the model: {len(missing)} missing keys"
-            f" ({_first(missing)}), {len(unexpected)} unexpected keys ({_first(unexpected)})"
-        )
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise UserError(
-                f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, the model expects {tuple(tensor.shape)}"
-            )
-
-
-def _first(keys: list[str], count: int = 3) -> str:
-    shown = ", ".join(keys[:count])
-    return shown + (", ..." if len(keys) > count else "") if keys else "none"
