@@ -6,8 +6,9 @@ propagation, which messages in flight overlap, so it counts in the latency objec
 
 Throughput objective: the optimal bottleneck T* is one of finitely many values (a stage's
 compute time or a cut's link occupancy), so we binary-search the sorted candidates between a
-lower bound (total work over total speed, the slowest node on its best device) and a greedy
-plan's bottleneck, with the exact feasibility test of `plan/pipeline_dp.py`: a sweep over how many
+lower bound (total work over total speed, the slowest node on its best device, then relaxations)
+and the best plan a greedy pass and a beam search find (`plan/pipeline_bounds.py`), with the
+exact feasibility test of `plan/pipeline_dp.py`: a sweep over how many
 devices of each group are used, where devices are grouped by what they can do *at that T*
 (so per-pair links that all pass at T cost nothing), and unrestricted cuts dominate. Per-pair
 links enlarge the state only where they bind. When a test cannot be decided (a time budget, or a
@@ -54,8 +55,8 @@ class Solution:
 
 def search_arrays(pm: PipelineModel) -> dp.Arrays:
     """The T-independent arrays of the throughput feasibility test."""
-    by_memory: dict[int, np.ndarray] = {}
-    qmem = np.stack([by_memory.setdefault(int(m), memory_reach(pm, int(m))) for m in pm.memory])
+    by_memory = {int(m): memory_reach(pm, int(m)) for m in np.unique(pm.memory)}
+    qmem = np.stack([by_memory[int(m)] for m in pm.memory])
     with np.errstate(divide="ignore"):
         occ = pm.cut_bytes[None, None, :] / pm.bandwidth[:, :, None]
     idx = np.arange(pm.num_devices)
