@@ -590,8 +590,8 @@ class Cluster(BaseModel):
                     i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
                     why = f"node {i} is {got[i]!r}, the model's is {want[i]!r}"
                 raise UserError(
-                    f"device {name}: profile {path} was measured for another model "
-                    f"({own.model!r}: {why}); profile {profile.model!r} on that device"
+                    f"device {name}: profile {path} is of another model or capture ({own.model!r}, {why}); "
+                    f"measure it on that device with `edgeweave profile {profile.model}`"
                 )
             out[name] = own.times
         return out
