@@ -77,6 +77,10 @@ class DeviceFailure(UserError):
         self.device = device
 
 
+DEPLOY_RATE_BPS = 400e6  # what encrypting and decrypting a deploy message sustains, at least (bits/s)
+HISTORY = 1 << 16  # requests whose timings a session keeps (latencies, run reports)
+
+
 class RequestFailed(UserError):
     """Some requests could not be served (no plan fits the devices left); `outputs` holds the
     others (None where failed), `failed` the indices that failed."""
@@ -170,7 +174,9 @@ class Session:
         self.source: Worker | None = None
         self.submitted: dict[int, float] = {}  # request -> when its latency starts (wall time)
         self._started: dict[int, float] = {}  # request -> when it was (re)submitted: its deadline counts from here
+        self._open: set[int] = set()  # submitted, not yet answered nor abandoned: the window's occupancy
         self._last_beat = 0.0
+        self._beat_lock = threading.Lock()  # concurrent infer() calls: one of them beats (sockets are not shared)
         self.pending: list = []
         self.keys: Keyring | None = None  # the coordinator's key pair and the members' public keys
         self.ephemeral: dict[str, Keyring] = {}  # without a keys folder: this session's pairs, by member
@@ -271,8 +277,11 @@ class Session:
         long fixed timeout; one that keeps answering may take as long as its weights need."""
         opts = self.options
         waiting = {dev: self.remotes[dev] for dev in sent}
+        # a ping waits behind the deploy message on its connection: allow twice the time its bytes
+        # need on the link, or through CURVE on a small CPU (DEPLOY_RATE_BPS), whichever is slower
         grace = {
-            dev: opts.dead_after_s + 2.0 * 8 * nbytes / self.cluster.link(self.plan.source, dev).bandwidth_bps
+            dev: opts.dead_after_s
+            + 2.0 * 8 * nbytes / min(DEPLOY_RATE_BPS, self.cluster.link(self.plan.source, dev).bandwidth_bps)
             for dev, nbytes in sent.items()
         }
         now = time.monotonic()
@@ -325,10 +334,7 @@ class Session:
             parts[dev] = DevicePart(dev, [])
         endpoints = {plan.source: self.source.endpoint, **{d: r.endpoint for d, r in self.remotes.items()}}
         self.plan = plan
-        for rid in list(self.submitted):
-            if rid not in self.results:
-                del self.submitted[rid]
-                self._started.pop(rid, None)
+        self._abandon(list(self._open))
         self._deploy(parts, endpoints, first_request=self.next_request)
 
     def drop_device(self, device: str) -> Remote:
@@ -565,8 +571,33 @@ class Session:
 
     def _on_result(self, request: int, value: torch.Tensor) -> None:
         with self.cond:
+            if request not in self._open:  # abandoned (replayed under another id), or not ours
+                return
+            self._open.discard(request)
             self.results[request] = (value.clone(), time.time())
             self.cond.notify_all()
+
+    def _abandon(self, rids: Iterable[int]) -> None:
+        """Forget requests still in flight (their replays get new ids); a late result is ignored."""
+        with self.cond:
+            for rid in rids:
+                self._open.discard(rid)
+                self.submitted.pop(rid, None)
+                self._started.pop(rid, None)
+
+    def _taken(self, rid: int) -> None:
+        """A result handed to its caller: keep its timing (latencies, run reports), drop its tensor,
+        and keep at most HISTORY requests' timings, so that a session can run for days."""
+        with self.cond:
+            if rid in self.results:
+                self.results[rid] = (None, self.results[rid][1])  # type: ignore[assignment]
+            while len(self.submitted) > HISTORY:
+                old = next(iter(self.submitted))
+                if old in self._open:
+                    break
+                del self.submitted[old]
+                self._started.pop(old, None)
+                self.results.pop(old, None)
 
     def validate_input(self, x: torch.Tensor) -> None:
         want_shape, want_dtype = list(self.graph.input_shape), self.graph.input_dtype
@@ -623,9 +654,10 @@ class Session:
                     policy.maintain(inflight)
                     if policy.unservable():
                         failed += [p.index for p in [*inflight.values(), *todo]]
+                        self._abandon(inflight)
                         break
                 holding = policy is not None and policy.holding()
-                while todo and len(inflight) < self.max_inflight and not holding:
+                while todo and len(self._open) < self.max_inflight and not holding:  # one window for all callers
                     item = todo[0]
                     if arrival is not None and time.time() < arrival[item.index]:
                         break
@@ -634,7 +666,7 @@ class Session:
                         item.first_submitted = arrival[item.index] if arrival is not None else time.time()
                     inflight[self.submit(item.x, item.first_submitted)] = item
                 wake = time.time() + self.options.heartbeat_s / 2
-                if todo and arrival is not None and len(inflight) < self.max_inflight and not holding:
+                if todo and arrival is not None and len(self._open) < self.max_inflight and not holding:
                     wake = min(wake, max(arrival[todo[0].index], time.time() + 1e-4))  # the next frame
                 self.wait_for(inflight, wake - time.time())
                 for rid in sorted(inflight):
@@ -642,16 +674,18 @@ class Session:
                     if result is None:
                         continue
                     outputs[inflight.pop(rid).index] = result[0]
+                    self._taken(rid)
                     done += 1
                     if policy is not None:
                         policy.request_done()
                     if progress:
                         progress(done, len(frames))
             except DeviceFailure as exc:
+                replay = [inflight[r] for r in sorted(inflight)]
+                self._abandon(inflight)
+                inflight.clear()
                 if policy is None:
                     raise
-                replay = [inflight[r] for r in sorted(inflight)]
-                inflight.clear()
                 todo = deque(sorted([*replay, *todo], key=lambda p: p.index))
                 policy.failed(exc, replay)  # re-plans and redeploys, or raises
         if failed:
@@ -669,6 +703,7 @@ class Session:
             self.next_request += 1
             self.submitted[rid] = now if since is None else since
             self._started[rid] = now
+            self._open.add(rid)
         self.source.submit(rid, x.contiguous())
         return rid
 
@@ -690,9 +725,14 @@ class Session:
         now = time.monotonic()
         if now - self._last_beat < self.options.heartbeat_s:
             return
-        self._last_beat = now
-        self._heartbeat(now)
-        self._check_deadline()
+        if not self._beat_lock.acquire(blocking=False):  # another caller's thread is beating
+            return
+        try:
+            self._last_beat = now
+            self._heartbeat(now)
+            self._check_deadline()
+        finally:
+            self._beat_lock.release()
 
     def _heartbeat(self, now: float) -> None:
         if self.source.error:
