@@ -44,7 +44,7 @@ REL = 1e-9  # tolerance for comparing times computed along different arithmetic 
 MAX_STATES = 1 << 27  # int16 farthest-cut table of 256 MiB
 MAX_BITSET_BYTES = 1 << 29  # restricted-cut bitsets (past it, the test is Unknown; 24 distinct devices
 # with links binding at most cuts need ~1.1 GB to be proven, see the closing note of issue 14)
-JIT_THRESHOLD = 20_000  # states x groups below which the Python kernel is as fast as compiling
+JIT_THRESHOLD = 50_000  # states x groups below which Python beats importing numba and loading its cache (~0.5 s)
 CHUNK = 1 << 21  # states per kernel call between time-budget checks
 BLOCK_SHIFT = 8  # the sweep skips blocks of 2^8 states that nothing reached
 COARSE_STATES = 1 << 18  # states of the coarse (relaxed) sweeps and backward tables
