@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,6 +416,12 @@ class ExecutionOptions:
 
         if self.links not in LINK_MODES:
             raise UserError(f"unknown --links {self.links!r}: use shaper or netns")
+        try:  # traces and timelines go here after minutes of running: a bad folder fails now
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out {self.out}: cannot create the folder: {exc.strerror or exc}") from exc
+        if not os.access(self.out, os.W_OK):
+            raise UserError(f"--out {self.out}: the folder is not writable")
         if self.keys is not None and self.insecure:
             raise UserError("--keys and --insecure contradict each other: give one")
         if self.keys is not None:  # a broken keys folder fails before minutes of capture and profiling
