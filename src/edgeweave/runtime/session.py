@@ -289,8 +289,9 @@ class Session:
             remote.unanswered_since = None
         last_ping = 0.0
         while waiting:
+            self._drain_deploy_replies(waiting)  # before judging: a starved coordinator has replies unread
             now = time.monotonic()
-            if now - last_ping >= opts.heartbeat_s:
+            if waiting and now - last_ping >= opts.heartbeat_s:
                 last_ping = now
                 for dev, remote in waiting.items():
                     self._check_process(remote)
@@ -303,22 +304,26 @@ class Session:
                     if remote.unanswered_since is None:
                         remote.unanswered_since = now
                     remote.sock.send_multipart(pack({"type": "ping"}))
-            poller = zmq.Poller()
-            for remote in waiting.values():
-                poller.register(remote.sock, zmq.POLLIN)
-            ready = dict(poller.poll(max(1.0, 1000 * opts.heartbeat_s / 2)))
-            for dev, remote in list(waiting.items()):
-                while remote.sock in ready and remote.sock.poll(0):
-                    header = self._receive(remote)
-                    remote.unanswered_since = None
-                    remote.last_pong = time.monotonic()
-                    if header.get("type") == "pong":
-                        self._check_pong(remote, header, deploying=True)
-                    elif header.get("type") == "deployed":
-                        if header.get("error"):
-                            raise DeviceFailure(f"device {dev}: deployment failed: {header['error']}", dev)
-                        del waiting[dev]
-                        break
+            if waiting:
+                poller = zmq.Poller()
+                for remote in waiting.values():
+                    poller.register(remote.sock, zmq.POLLIN)
+                poller.poll(max(1.0, 1000 * opts.heartbeat_s / 2))
+
+    def _drain_deploy_replies(self, waiting: dict[str, Remote]) -> None:
+        """Read every reply of the devices still deploying; a `deployed` takes its device off `waiting`."""
+        for dev, remote in list(waiting.items()):
+            while remote.sock.poll(0):
+                header = self._receive(remote)
+                remote.unanswered_since = None
+                remote.last_pong = time.monotonic()
+                if header.get("type") == "pong":
+                    self._check_pong(remote, header, deploying=True)
+                elif header.get("type") == "deployed":
+                    if header.get("error"):
+                        raise DeviceFailure(f"device {dev}: deployment failed: {header['error']}", dev)
+                    del waiting[dev]
+                    break
 
     # -- re-planning and recovery (see resilient.py: the caller decides placement) -------------
     def redeploy(self, plan: Plan) -> None:
