@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import safetensors.torch
-import torch
-
 from edgeweave.graph.opgraph import INPUT, OpGraph
 from edgeweave.plan.ir import Plan
 from edgeweave.runtime.protocol import DEPLOY_CHUNK, value_spec
+from edgeweave.runtime.weights import load_weights_blob, weights_blob
+
+__all__ = ["FRAME_OVERHEAD", "DevicePart", "load_weights_blob", "split_plan", "weights_blob"]
 
 
 @dataclass
@@ -132,12 +132,3 @@ def split_plan(plan: Plan, graph: OpGraph) -> dict[str, DevicePart]:
         part.nodes = sorted(set(part.nodes))
         part.weight_keys = sorted({w for i in part.nodes for w in graph.nodes[i].weights})
     return parts
-
-
-def weights_blob(weights: dict[str, torch.Tensor], keys: list[str]) -> bytes:
-    """The named weights as safetensors bytes (a format that cannot carry code)."""
-    return safetensors.torch.save({k: weights[k].detach().contiguous().clone() for k in keys}) if keys else b""
-
-
-def load_weights_blob(blob: bytes) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load(bytes(blob)) if blob else {}

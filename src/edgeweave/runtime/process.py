@@ -10,6 +10,7 @@ a session made in a short-lived thread killed its own workers (issue 13, finding
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -96,10 +97,13 @@ def launch_worker(
     keys: Path | None = None,
     max_frame_bytes: int | None = None,
     keyring: Keyring | None = None,
+    memory_limit: int | None = None,
 ) -> PendingWorker:
     """Start `python -m edgeweave.runtime DEVICE LISTEN [--keys DIR | --keys-stdin] [--max-frame-bytes N]`;
     several can start at once. A `keyring` (a session's ephemeral keys) goes to the child on its
-    stdin, one line, never on the command line or in the environment (both readable by others)."""
+    stdin, one line, never on the command line or in the environment (both readable by others).
+    `memory_limit` (bytes) has the kernel hold the child to that much data memory (RLIMIT_DATA):
+    a local process standing in for a small device cannot use more than the device has."""
     if keys is not None and keyring is not None:
         raise ValueError("give a keys folder or an ephemeral keyring, not both")
     log = tempfile.NamedTemporaryFile(prefix=f"edgeweave-{device}-", suffix=".log", delete=False)
@@ -110,6 +114,8 @@ def launch_worker(
         cmd += ["--keys-stdin"]
     if max_frame_bytes is not None:
         cmd += ["--max-frame-bytes", str(max_frame_bytes)]
+    if memory_limit is not None:
+        cmd += ["--memory-limit", str(int(memory_limit))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         cmd,
@@ -126,6 +132,36 @@ def launch_worker(
         except OSError:  # the child died at start: wait_ready reports its log
             pass
     return PendingWorker(device, listen, proc, log.name)
+
+
+def hold_memory(limit: int) -> None:
+    """Have the kernel refuse this process more than `limit` bytes of data memory.
+
+    RLIMIT_DATA, not RLIMIT_AS: since Linux 4.7 it counts every private writable mapping (heap,
+    anonymous mmap, thread stacks), which is what holding weights and activations costs, and not
+    the address space torch and glibc reserve without touching (RLIMIT_AS would fail on those
+    reservations long before memory runs out). No cgroup is needed, so it works unprivileged.
+    An allocation past the limit fails (MemoryError, or a torch allocation error) in this process;
+    nothing else on the host is affected.
+
+    glibc's mmap threshold is fixed too (at its default, 128 KiB): left dynamic, it rises after
+    the first large free, and the deploy message's 256 KiB frames then come from the heap, which
+    keeps their pages after they are freed, so a stage cost its weights twice for good, not
+    only while its deploy message was held.
+    """
+    import ctypes
+    import ctypes.util
+    import resource
+
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(libc_name).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_MMAP_THRESHOLD = 128 << 10
 
 
 def _exit_at_eof() -> None:
@@ -156,7 +192,10 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--keys-stdin", action="store_true", help="read a session's ephemeral keys from stdin")
     parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME)
     parser.add_argument("--parent-pipe", action="store_true", help="exit when stdin reaches end-of-file")
+    parser.add_argument("--memory-limit", type=int, default=None, help="RLIMIT_DATA in bytes (see hold_memory)")
     args = parser.parse_args(argv)
+    if args.memory_limit is not None:
+        hold_memory(args.memory_limit)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
     def announce(text: str) -> None:

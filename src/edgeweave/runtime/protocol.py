@@ -251,7 +251,20 @@ def deploy_frames(header: dict[str, Any], blob: bytes) -> list[Any]:
     return [json.dumps(envelope).encode(), *_chunks(raw), *_chunks(blob)]
 
 
-def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], bytes]:
+def _join_into(chunks: list[Any], nbytes: int) -> bytearray:
+    """The weight chunks copied into one writable buffer (no per-chunk copies first): the worker's
+    tensors become views into it (`weights.load_weights_blob`), so a stage's weights cost their
+    size once after the message is released, and twice only while it is held."""
+    blob = bytearray(nbytes)
+    view, pos = memoryview(blob), 0
+    for f in chunks:
+        data = f.buffer if hasattr(f, "buffer") else memoryview(f)
+        view[pos : pos + len(data)] = data
+        pos += len(data)
+    return blob
+
+
+def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], bytearray]:
     """The (header, weights) of a deploy message checked frame by frame against its envelope;
     a ValueError says what is wrong (the worker reports it to the coordinator)."""
     if envelope.keys() != _DEPLOY_FIELDS or envelope["tensors"] != []:
@@ -267,7 +280,8 @@ def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, 
         lengths = [frame_len(f) for f in chunks]
         if sum(lengths) != n or any(k != DEPLOY_CHUNK for k in lengths[:-1]):
             raise ValueError("deploy message: a chunk has the wrong length")
-    header_raw, blob = (b"".join(f.bytes if hasattr(f, "bytes") else bytes(f) for f in chunks) for chunks in parts)
+    header_raw = b"".join(f.bytes if hasattr(f, "bytes") else bytes(f) for f in parts[0])
+    blob = _join_into(parts[1], sizes[1])
     try:
         header = json.loads(header_raw)
     except (ValueError, RecursionError) as exc:

@@ -435,7 +435,13 @@ class ResilientSession:
         host = self.netns.address(dev) if self.netns else s.options.listen_host
         limit = s.frame_limit(DevicePart(dev, []))
         return launch_worker(
-            dev, f"tcp://{host}:*", prefix, keys=s.options.keys, max_frame_bytes=limit, keyring=s.ephemeral.get(dev)
+            dev,
+            f"tcp://{host}:*",
+            prefix,
+            keys=s.options.keys,
+            max_frame_bytes=limit,
+            keyring=s.ephemeral.get(dev),
+            memory_limit=s.options.memory_limits.get(dev),
         )
 
     def _poll_relaunch(self, dev: str) -> bool:

@@ -150,6 +150,9 @@ class SessionOptions:
     # seconds a request may take from submission before the run fails; None: derived from the
     # plan (request_deadline_s), so that a lost or refused message can never hang a caller
     request_timeout_s: float | None = None
+    # bytes of data memory the kernel allows each local worker (RLIMIT_DATA, `process.hold_memory`),
+    # by device: a process standing in for a small device is held to what that device has
+    memory_limits: dict[str, int] = field(default_factory=dict)
 
 
 class Session:
@@ -219,7 +222,13 @@ class Session:
                 limit = self.frame_limit(part)
                 ring = self.ephemeral.get(dev)
                 pending[dev] = launch_worker(
-                    dev, f"tcp://{host}:*", prefix, keys=opts.keys, max_frame_bytes=limit, keyring=ring
+                    dev,
+                    f"tcp://{host}:*",
+                    prefix,
+                    keys=opts.keys,
+                    max_frame_bytes=limit,
+                    keyring=ring,
+                    memory_limit=opts.memory_limits.get(dev),
                 )
         self.pending = list(pending.values())  # stopped by close() if start-up fails half way
         for dev in parts:
@@ -238,9 +247,9 @@ class Session:
         self._deploy(parts, endpoints, first_request=0)
 
     def _deploy(self, parts: dict[str, Any], endpoints: dict[str, str], first_request: int) -> None:
-        """Ship every device its part (weights only where they changed) and wait until all are deployed."""
+        """Ship every device its part (weights only where they changed), one device after the other.
+        `self.weights` may be a `WeightFile`: each blob is then read from the checkpoint when it is sent."""
         plan, opts, weights, epoch = self.plan, self.options, self.weights, self.epoch
-        sent: dict[str, int] = {}  # bytes of each remote device's deploy message
         for dev, part in parts.items():
             # every peer's link, not only the plan's: an idle link can still be probed (resilient.py)
             links = {d: LinkSpec.for_pair(self.cluster, dev, d).to_dict() for d in endpoints if d != dev}
@@ -267,8 +276,11 @@ class Session:
             header_bytes = sum(len(f) for f in frames[1:]) - len(blob)
             self._check_fits(remote, header_bytes, part.frame_limit(self.graph))
             remote.sock.send_multipart(frames, copy=False)
-            sent[dev] = header_bytes + len(blob)
-        self._await_deployed(sent)
+            nbytes = header_bytes + len(blob)
+            del frames, blob  # zmq holds the bytes until they are sent
+            # one device at a time: its `deployed` says its weights left this process, so the
+            # coordinator holds one stage's blob at most, never every stage's (issue 14)
+            self._await_deployed({dev: nbytes})
 
     def _await_deployed(self, sent: dict[str, int]) -> None:
         """Wait for every device's `deployed`, pinging them meanwhile: a worker answers pings
