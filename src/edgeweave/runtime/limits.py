@@ -72,34 +72,23 @@ class ConnectionLimit:
                     self.count[host] -= 1
 
     def _accepted(self, fd: int) -> None:
+        # the descriptor itself, not a dup: when descriptors run out (the attack this guards
+        # against) a dup would fail; detach() leaves it open, it stays libzmq's
         try:
-            conn = socket.fromfd(fd, socket.AF_INET6 if self._is_v6(fd) else socket.AF_INET, socket.SOCK_STREAM)
+            conn = socket.socket(fileno=fd)
         except OSError:  # already closed again
             return
-        with conn:
-            try:
-                if conn.getsockname()[1] != self.port:  # the descriptor was reused meanwhile
-                    return
-                host = conn.getpeername()[0]
-            except OSError:
+        try:
+            if conn.getsockname()[1] != self.port:  # the descriptor was reused meanwhile
                 return
+            host = conn.getpeername()[0]
             if self.count[host] >= self.per_host:
                 self.refused += 1
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)  # libzmq sees the peer leave and closes it
-                except OSError:
-                    pass
+                conn.shutdown(socket.SHUT_RDWR)  # libzmq sees the peer leave and closes it
                 return
+        except OSError:
+            return
+        finally:
+            conn.detach()
         self.hosts[fd] = host
         self.count[host] += 1
-
-    @staticmethod
-    def _is_v6(fd: int) -> bool:
-        try:
-            probe = socket.socket(fileno=fd)
-        except OSError:
-            return False
-        try:
-            return probe.family == socket.AF_INET6
-        finally:
-            probe.detach()  # the descriptor stays libzmq's
