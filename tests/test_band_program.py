@@ -118,7 +118,7 @@ def test_the_whole_resnet18_backbone_in_8_chunks_is_exact_and_buffers_are_reused
     graph, weights, env = values("resnet18")
     first, last = max(local_runs(graph, "rows"), key=lambda r: r[1] - r[0])
     seg = make_segment(graph, first, last, "rows")
-    assert seg is not None and last - first > 60
+    assert seg is not None and last - first > 40  # the 45 nodes of the backbone (norms folded in)
     own = own_bands(seg, [0.3, 0.7])[1]
     pool = ProgramPool(weights)
     program = pool.take(seg, own, 8)

@@ -78,13 +78,14 @@ def test_flops_and_params_match_known_values() -> None:
     graph, _ = capture(spec.module, spec.example_input, spec.name)
     # resnet18 at 224x224: 1.82 GMACs, 11.69 M parameters (fp32)
     assert graph.total_flops == pytest.approx(2 * 1.82e9, rel=0.01)
-    # parameters plus BatchNorm running statistics (buffers a stage needs too)
-    buffers = sum(b.numel() for name, b in spec.module.named_buffers() if "running" in name)
-    assert graph.total_param_bytes == (11_689_512 + buffers) * 4
+    # every batch norm is folded into its convolution: its scale and shift (2 values per channel)
+    # and running statistics become the convolution's bias (1 per channel)
+    norm_channels = sum(m.num_features for m in spec.module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert graph.total_param_bytes == (11_689_512 - 2 * norm_channels + norm_channels) * 4
     conv1 = graph.nodes[0]
     assert conv1.op == "aten.conv2d.default" and conv1.out_shape == [1, 64, 112, 112]
     assert conv1.flops == 2 * 64 * 112 * 112 * 3 * 7 * 7
-    assert conv1.inputs == ["input"] and conv1.param_bytes == 64 * 3 * 7 * 7 * 4
+    assert conv1.inputs == ["input"] and conv1.param_bytes == (64 * 3 * 7 * 7 + 64) * 4  # weights, folded bias
 
 
 def test_graph_round_trips_through_json_and_runs_from_a_stage() -> None:
@@ -108,8 +109,37 @@ def test_no_inplace_ops_or_getitems_of_single_use_tuples() -> None:
     ops = {n.op for n in graph.nodes}
     assert not any(op.split(".")[1].endswith("_") for op in ops if op.startswith("aten."))
     assert "getitem" not in ops
-    bn = next(n for n in graph.nodes if "batch_norm" in n.op)
-    assert bn.out_index == 0 and not bn.is_tuple
+
+
+def test_batch_norms_fold_into_their_convolutions_and_others_stay() -> None:
+    """A norm after a convolution becomes its weights (one node, one call, wherever it runs);
+    a norm of anything else stays a node that reads one element of its tuple."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre = torch.nn.BatchNorm2d(3)
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=True)
+            self.bn = torch.nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(self.pre(x))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    for bn in (net.pre, net.bn):  # not the identity statistics of a fresh norm
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(1, 3, 10, 12)
+    graph, weights = capture(net, x, "net")
+    assert [n.op.split(".")[1] for n in graph.nodes] == ["_native_batch_norm_legit_no_training", "conv2d", "relu"]
+    assert graph.nodes[0].out_index == 0 and not graph.nodes[0].is_tuple
+    assert not any("bn." in k for k in weights)  # the folded norm's tensors are not shipped
+    with torch.no_grad():
+        expected = net(x)
+    assert torch.allclose(GraphRunner(graph, weights).run(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_uncapturable_model_gives_one_line_error() -> None:

@@ -20,6 +20,7 @@ from torch.export.graph_signature import InputKind
 
 from edgeweave.errors import UserError
 from edgeweave.graph.flops import count_flops
+from edgeweave.graph.fold import fold_batch_norms, rename_refs
 from edgeweave.graph.opgraph import INPUT, OpGraph, OpNode, dtype_name, encode_arg
 
 _WEIGHT_KINDS = {InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR}
@@ -169,19 +170,9 @@ def _fold_getitems(nodes: list[OpNode]) -> tuple[list[OpNode], dict[str, str]]:
         kept.append(n)
     for n in kept:
         n.inputs = list(dict.fromkeys(rename.get(r, r) for r in n.inputs))
-        n.args = _rename_refs(n.args, rename)
-        n.kwargs = _rename_refs(n.kwargs, rename)
+        n.args = rename_refs(n.args, rename)
+        n.kwargs = rename_refs(n.kwargs, rename)
     return kept, rename
-
-
-def _rename_refs(value: Any, rename: dict[str, str]) -> Any:
-    if isinstance(value, list):
-        return [_rename_refs(v, rename) for v in value]
-    if isinstance(value, dict):
-        if "ref" in value:
-            return {"ref": rename.get(value["ref"], value["ref"])}
-        return {k: _rename_refs(v, rename) for k, v in value.items()}
-    return value
 
 
 def _prune_to_output(nodes: list[OpNode], output: str) -> list[OpNode]:
@@ -212,11 +203,14 @@ def capture(
         raise UserError(f"{name} returns an input or a weight unchanged; there is nothing to run")
     nodes = [builder.node(n) for n in program.graph.nodes if n.op == "call_function"]
     nodes, renamed = _fold_getitems(nodes)
-    nodes = _prune_to_output(nodes, renamed.get(output.name, output.name))
+    tensors = {**program.state_dict, **program.constants}
+    nodes, folded, norms = fold_batch_norms(nodes, tensors)
+    tensors.update(folded)
+    out_name = renamed.get(output.name, output.name)
+    nodes = _prune_to_output(nodes, norms.get(out_name, out_name))
     if nodes[-1].is_tuple:
         raise UserError(f"{name} returns a tuple; edgeweave needs one tensor output")
 
-    tensors = {**program.state_dict, **program.constants}
     weights: dict[str, torch.Tensor] = {}
     for n in nodes:
         for key in n.weights:
