@@ -156,3 +156,29 @@ def test_band_tasks_cost_a_measured_slowdown_and_price_per_node(profiled) -> Non
         band0 = {t.id: t.time_s for t in plan0.compute_tasks if t.region}
         band1 = {t.id: t.time_s for t in plan1.compute_tasks if t.region}
         assert all(band1[k] >= band0[k] for k in band0)
+
+
+def test_a_device_with_its_own_profile_is_priced_at_its_own_pace(profiled, tmp_path) -> None:
+    """A robot that carries a profile measured on it (here: every node 4x the reference) gets the
+    same band plans as a robot declared at speed 0.25, in every band planner."""
+    _, graph, _, profile = profiled("resnet18")
+    slow = profile.model_copy(update={"nodes": [n.model_copy(update={"time_s": 4 * n.time_s}) for n in profile.nodes]})
+    slow.save(tmp_path / "robot.json")
+    declared = robot_server("100Mbps")
+    spec = {
+        "source": "robot",
+        "devices": {
+            "robot": {"speed": 1.0, "memory": "4GiB", "profile": str(tmp_path / "robot.json")},
+            "server": {"speed": 1.0, "memory": "16GiB"},
+        },
+        "links": {"default": {"bandwidth": "100Mbps", "latency": "2ms"}},
+    }
+    profiled_cluster = Cluster.from_dict(spec)
+    for strategy in ("hybrid", "stream-offload", "tensor"):
+        a = make_plan(profile, declared, strategy, "latency", graph)
+        b = make_plan(profile, profiled_cluster, strategy, "latency", graph)
+        assert [(t.id, t.device if t.kind == "compute" else t.dst) for t in a.tasks] == [
+            (t.id, t.device if t.kind == "compute" else t.dst) for t in b.tasks
+        ], strategy
+        for ta, tb in zip(a.compute_tasks, b.compute_tasks, strict=True):
+            assert ta.time_s == pytest.approx(tb.time_s, rel=1e-9), (strategy, ta.id)

@@ -150,6 +150,16 @@ class PipelineModel:
             return float(self.times[nodes].sum()) / float(self.speed[device])
         return float(self.node_time[device, nodes].sum())
 
+    def span_speed(self, first: int, last: int, device: int) -> float:
+        """`device`'s pace on nodes first..last relative to the reference profile: band planners
+        price a band from the reference profile's per-node times (each node's share of rows), then
+        divide by this, so a device with its own profile runs a band at its own pace on that span
+        (per-node differences inside the span are averaged over its reference times)."""
+        if self.device_times is None:
+            return float(self.speed[device])
+        own = self.nodes_time(slice(first, last + 1), device)
+        return float(self.times[first : last + 1].sum()) / own if own > 0 else float(self.speed[device])
+
     def stage_times(self, device: int) -> np.ndarray:
         """[L + 1, L + 1]: compute time of stage [p, q) on `device` (negative where q < p)."""
         if self.device_times is None:

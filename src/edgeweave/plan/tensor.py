@@ -157,7 +157,6 @@ def _build(
 ) -> Plan:
     """The task graph: whole runs on the source; per split layer, sends, band computes and gathers."""
     names, src = pm.devices, pm.devices[pm.source]
-    speed = float(pm.speed[pm.source])
     tasks: list[ComputeTask | TransferTask] = []
     frontier: list[str] = []  # tasks after which everything computed so far is whole on the source
     pending: list[int] = []  # nodes to run whole on the source, not yet emitted
@@ -168,7 +167,7 @@ def _build(
         nonlocal frontier, latency
         if pending:
             tid = f"w{pending[0]}"
-            time_s = float(pm.times[pending].sum()) / speed
+            time_s = pm.nodes_time(pending, pm.source)
             tasks.append(ComputeTask(id=tid, device=src, nodes=list(pending), after=frontier, time_s=time_s))
             frontier, latency = [tid], latency + time_s
             pending.clear()
@@ -192,9 +191,8 @@ def _build(
             if dev != pm.source:
                 sends.append(band_input(f"L{seg.first}.in{k}", src, names[dev], sched, 0, frontier, region))
                 deps = [sends[-1].id]
-            compute = band_compute(
-                f"L{seg.first}.band{k}", names[dev], seg, sched, 0, float(pm.speed[dev]), deps, region
-            )
+            speed = pm.span_speed(seg.first, seg.last, dev)
+            compute = band_compute(f"L{seg.first}.band{k}", names[dev], seg, sched, 0, speed, deps, region)
             computes.append(compute)
             if dev == pm.source:
                 done.append(compute.id)

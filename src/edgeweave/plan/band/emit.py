@@ -95,7 +95,7 @@ def build_hybrid_plan(
                 device=src,
                 nodes=nodes,
                 after=[],
-                time_s=float(pm.times[nodes].sum()) / float(pm.speed[pm.source]),
+                time_s=pm.nodes_time(nodes, pm.source),
             )
         )
         after_prefix = ["pre"]
@@ -112,7 +112,8 @@ def build_hybrid_plan(
             if sched.sends[j]:  # the new input rows this chunk needs, streamed ahead of its compute
                 sends.append(band_input(f"in{k}.{j}", src, names[dev], sched, j, after_prefix, region))
                 deps.append(sends[-1].id)
-            compute = band_compute(f"band{k}.{j}", names[dev], seg, sched, j, float(pm.speed[dev]), deps, region)
+            speed = pm.span_speed(seg.first, seg.last, dev)
+            compute = band_compute(f"band{k}.{j}", names[dev], seg, sched, j, speed, deps, region)
             tasks.append(compute)
             prev_compute = [compute.id]
             if dev == choice.suffix_device:
@@ -133,7 +134,7 @@ def build_hybrid_plan(
                 device=suffix_name,
                 nodes=nodes,
                 after=gathers,
-                time_s=float(pm.times[nodes].sum()) / float(pm.speed[choice.suffix_device]),
+                time_s=pm.nodes_time(nodes, choice.suffix_device),
             )
         )
         last_task = ["post"]

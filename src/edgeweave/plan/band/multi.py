@@ -108,7 +108,7 @@ def build_multi_plan(
                 device=src,
                 nodes=nodes,
                 after=[],
-                time_s=float(pm.times[nodes].sum()) / float(pm.speed[pm.source]),
+                time_s=pm.nodes_time(nodes, pm.source),
             )
         )
         after_prefix = ["pre"]
@@ -131,7 +131,7 @@ def build_multi_plan(
                 sends.append(band_input(f"in{p}.{j}", src, names[d], sched, j, after_prefix, regions[0]))
                 deps.append(sends[-1].id)
             task = band_compute(
-                f"band0.{p}.{j}", names[d], costs[0].segment, sched, j, float(pm.speed[d]), deps, regions[0]
+                f"band0.{p}.{j}", names[d], costs[0].segment, sched, j, pm.span_speed(*bounds[0], d), deps, regions[0]
             )
             computes.append(task)
             prev = [task.id]
@@ -189,7 +189,7 @@ def build_multi_plan(
                 device=names[d],
                 nodes=list(seg.nodes),
                 after=deps,
-                time_s=geo.work_s[0] / float(pm.speed[d]),
+                time_s=geo.work_s[0] / pm.span_speed(*bounds[k], d),
                 region=Region(**regions[k], own={v: list(iv) for v, iv in own.items()}, chunks=1, step=0),
             )
             tasks.append(task)
@@ -237,7 +237,7 @@ def build_multi_plan(
                 device=suffix_name,
                 nodes=nodes_after,
                 after=gathers,
-                time_s=float(pm.times[nodes_after].sum()) / float(pm.speed[split.suffix_device]),
+                time_s=pm.nodes_time(nodes_after, split.suffix_device),
             )
         )
         last_task = ["post"]

@@ -19,7 +19,7 @@ def schedule(
     `gather_at`. Exactly what the simulator does with the tasks `build_hybrid_plan` emits for it."""
     remote = dev != pm.source
     geo = step_costs(cost, own, chunks, remote)
-    speed = float(pm.speed[dev])
+    speed = pm.span_speed(cost.segment.first, cost.segment.last, dev)
     t_link = t_dev = t_out_link = start
     t_out = start
     for j, work in enumerate(geo.work_s):
@@ -68,7 +68,7 @@ def joint_latency(
         if geo is None:
             scheds.append(None)
             continue
-        speed = float(pm.speed[d])
+        speed = pm.span_speed(cost.segment.first, cost.segment.last, d)
         t_dev = t_done = start
         for j, work in enumerate(geo.work_s):
             t_dev = max(t_dev, arrive.get((k, j), start)) + work / speed
@@ -86,5 +86,5 @@ def joint_latency(
 
 
 def split_latency(profile: Profile, pm: PipelineModel, ready: float, last: int, suffix: int) -> float:
-    tail = float(pm.times[last + 1 :].sum()) / float(pm.speed[suffix])
+    tail = pm.nodes_time(slice(last + 1, None), suffix)
     return ready + tail + transfer_s(pm, suffix, pm.source, profile.output_bytes)

@@ -231,22 +231,21 @@ def hybrid_splits(
     helper_sets = [[d] for d in others] + ([others] if len(others) > 1 else [])
     if options.ratios is not None:  # exactly the devices given a share take part
         helper_sets = [[d for d in others if options.ratios[ratio_index(pm, d)] > 0]]
-    src_speed = float(pm.speed[pm.source])
     candidates = []
     for cost in (geometry or SegmentGeometry(profile, graph)).costs():
         if options.axis is not None and cost.segment.axis_name != options.axis:
             continue
         first, last = cost.segment.first, cost.segment.last
-        prefix = float(pm.times[:first].sum()) / src_speed
-        work = float(pm.times[first : last + 1].sum())
+        prefix = pm.nodes_time(slice(0, first), pm.source)
+        span = slice(first, last + 1)
         whole = {v: (0, cost.segment.extent(v)) for v in cost.segment.outputs}
         bytes_in = cost.band(whole)[1]
         for helpers in helper_sets:
             devices = [pm.source, *helpers]
             # each device's rate in "segments per second": a helper is limited by its compute or by
             # the link that brings it the input, whichever is slower (perfect overlap, no halo)
-            rate = src_speed / work + sum(
-                1.0 / max(work / float(pm.speed[d]), bytes_in / float(pm.bandwidth[pm.source, d])) for d in helpers
+            rate = 1.0 / pm.nodes_time(span, pm.source) + sum(
+                1.0 / max(pm.nodes_time(span, d), bytes_in / float(pm.bandwidth[pm.source, d])) for d in helpers
             )
             spread = 1.0 / rate
             for suffix in devices:
