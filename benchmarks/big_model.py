@@ -280,7 +280,13 @@ def whole_coordinator(model: str, workers: int, overrides: dict[str, int]) -> di
     plan = make_plan(flops_profile(graph, FLOPS_PER_S), cluster, "pipeline", "throughput", graph)
     with Session(cluster, plan, graph, weights, SessionOptions(connect_timeout_s=30.0)) as session:
         session.infer(spec.example_input)
-    return {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "model_weight_bytes": model_bytes}
+        workers_peak = {d: proc_memory(r.local.proc.pid)["peak_rss"] for d, r in session.remotes.items() if r.local}
+    return {
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "model_weight_bytes": model_bytes,
+        "worker_peak_rss": workers_peak,
+        "worker_param_bytes": {d: f["param_bytes"] for d, f in stage_figures(graph, plan).items()},
+    }
 
 
 def _print(report: dict[str, Any]) -> None:
