@@ -43,7 +43,7 @@ from edgeweave.graph.opgraph import INPUT, OpGraph, OpNode
 from edgeweave.runtime import bands as band_ops
 from edgeweave.runtime.admission import Admission
 from edgeweave.runtime.deploy import load_weights_blob
-from edgeweave.runtime.limits import ConnectionLimit, release_memory
+from edgeweave.runtime.limits import ConnectionLimit, release_memory, source_fd
 from edgeweave.runtime.links import LinkShaper, LinkSpec, wait_until
 from edgeweave.runtime.protocol import (
     CONTROL,
@@ -274,6 +274,8 @@ class Worker:
         self.router.bind(endpoint)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.connections = ConnectionLimit(self.router, MAX_CONNECTIONS_PER_HOST)
+        self.last_fd: int | None = None  # the connection the message being handled came on
+        self.owner_fd: int | None = None  # the session coordinator's connection (may hold a deployment)
         self.on_result = on_result
         self.deployment: Deployment | None = None
         self.owner: bytes | None = None  # the active session's coordinator connection
@@ -320,10 +322,14 @@ class Worker:
         while not self.stopping.is_set():
             self._install_built()
             self.connections.check()
+            self.connections.check_held(self.hold_budget(), exempt=self.owner_fd)
             self._check_lease()
-            if not poller.poll(10 if self.builder is not None else 100):
+            # 10 ms: a connection streaming an endless message is cut about 10 ms past its budget
+            if not poller.poll(10):
                 continue
             frames = self.router.recv_multipart(copy=False)
+            self.last_fd = source_fd(frames[-1])
+            self.connections.delivered(self.last_fd)
             reason = self._serve_one(frames)
             del frames
             if reason == "too large":  # give the pages of a large refused message back
@@ -391,6 +397,7 @@ class Worker:
         owner = self.owner is not None and peer == self.owner and self._may_coordinate(sender)
         if owner:
             self.owner_seen = time.monotonic()
+            self.owner_fd = self.last_fd
         dep = self.deployment
         if not owner:  # only the session's coordinator sends large or many-framed messages
             max_frames = max(2, dep.max_frames if dep else 1)
@@ -431,12 +438,20 @@ class Worker:
             if self.owner is not None:  # the active session is left alone
                 self._reply(msg.peer, {"type": "busy", "device": self.name, "error": self._busy()})
                 return
-            self.owner, self.owner_seen = msg.peer, time.monotonic()
+            self.owner, self.owner_seen, self.owner_fd = msg.peer, time.monotonic(), self.last_fd
             self.sessions += 1
         self._reply(
             msg.peer,
             {"type": "hello", "device": self.name, "max_frame_bytes": self.max_frame_bytes, "nonce": self.nonce},
         )
+
+    def hold_budget(self) -> int:
+        """Bytes a connection other than the coordinator's may have handed libzmq without
+        completing a message: a full receive queue (HWM) of the deployment's largest messages and
+        the handshake; more is a message that should never exist."""
+        dep = self.deployment
+        largest = (dep.max_data_bytes + 64 * dep.max_frames) if dep else DATA_HEADER_LIMIT + 64
+        return (HWM + 2) * largest + (64 << 10)
 
     def _busy(self) -> str:
         quiet = time.monotonic() - self.owner_seen
@@ -492,6 +507,7 @@ class Worker:
         self.drops = Counter()
         self.link_samples.clear()
         self.owner = None
+        self.owner_fd = None
 
     def _check_lease(self) -> None:
         """Free the worker when its session's coordinator is gone: after a quiet second, a lease
