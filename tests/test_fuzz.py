@@ -493,7 +493,8 @@ def test_a_members_2048_frames_of_a_mib_do_not_grow_the_worker(target: Target) -
     attacker.close(0)
     held = peak.stop() - base
     after = rss(t.pid) - base
-    print(f"\n2048 x 1 MiB: +{grown / 2**20:.1f} MiB; 2048 x 256 KiB: peak +{held / 2**20:.1f} MiB, +{after / 2**20:.1f} after")
+    mib = 2**20
+    print(f"\n2048 x 1 MiB: +{grown / mib:.1f} MiB; 2048 x 256 KiB: peak +{held / mib:.1f}, +{after / mib:.1f} after")
     assert held < 64 << 20, f"worker held {held / 2**20:.1f} MiB of an unfinished message"
     assert after < 32 << 20
     t.legit(2)
