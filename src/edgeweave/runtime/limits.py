@@ -71,10 +71,13 @@ def release_memory() -> None:
 
 
 class ConnectionLimit:
-    """At most `per_host` connections from one host on a listening socket.
+    """At most `per_host` connections from one host on a listening socket, and none holding more
+    than a budget of an unfinished message.
 
-    `start` and `check` run in the thread that owns the socket (its monitor is a socket too);
-    `check` reads the monitor's events without blocking and shuts down connections over the limit.
+    Everything runs in the thread that owns the socket (its monitor is a socket too): `check`
+    reads the monitor's events without blocking and shuts down connections over the limit;
+    `delivered` notes that a connection completed a message; `check_held` cuts connections that
+    handed libzmq more than the budget since.
     """
 
     EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED

@@ -17,8 +17,9 @@ worker keeps serving everyone else. With keys (CURVE) only members connect, and 
 and shutdown are accepted only from the coordinator's key, and only on the connection of the
 session the worker serves (see `Worker`): a second coordinator, even with the right key, is told
 the worker is busy and cannot take it over. No frame is larger than the deployment's largest
-tensor or a deploy chunk (MAXMSGSIZE), connections per host are limited (`limits`), and memory
-of a refused large message is given back.
+tensor or a deploy chunk (MAXMSGSIZE), a connection that hands libzmq more than its deployment's
+budget without completing a message is cut while libzmq is still assembling it, connections per
+host are limited (`limits`), and memory of a refused large message is given back.
 """
 
 from __future__ import annotations
