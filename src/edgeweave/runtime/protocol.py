@@ -35,6 +35,7 @@ from edgeweave.graph.opgraph import dtype_from_name
 from edgeweave.graph.opset import check_node
 from edgeweave.plan.ir import Task
 from edgeweave.runtime.admission import Admission, Refused
+from edgeweave.runtime.weights import aligned_buffer
 from edgeweave.runtime.wire import NHWC, PROTOCOL, WireError, from_wire_order
 
 DATA_HEADER_LIMIT = 64 << 10  # any header that is not the coordinator's
@@ -251,20 +252,19 @@ def deploy_frames(header: dict[str, Any], blob: bytes) -> list[Any]:
     return [json.dumps(envelope).encode(), *_chunks(raw), *_chunks(blob)]
 
 
-def _join_into(chunks: list[Any], nbytes: int) -> bytearray:
-    """The weight chunks copied into one writable buffer (no per-chunk copies first): the worker's
-    tensors become views into it (`weights.load_weights_blob`), so a stage's weights cost their
-    size once after the message is released, and twice only while it is held."""
-    blob = bytearray(nbytes)
-    view, pos = memoryview(blob), 0
+def _join_into(chunks: list[Any], nbytes: int) -> memoryview:
+    """The weight chunks copied into one aligned writable buffer (no per-chunk copies first): the
+    worker's tensors become views into it (`weights.load_weights_blob`), so a stage's weights cost
+    their size once after the message is released, and twice only while it is held."""
+    view, pos = aligned_buffer(nbytes), 0
     for f in chunks:
         data = f.buffer if hasattr(f, "buffer") else memoryview(f)
         view[pos : pos + len(data)] = data
         pos += len(data)
-    return blob
+    return view
 
 
-def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], bytearray]:
+def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], memoryview]:
     """The (header, weights) of a deploy message checked frame by frame against its envelope;
     a ValueError says what is wrong (the worker reports it to the coordinator)."""
     if envelope.keys() != _DEPLOY_FIELDS or envelope["tensors"] != []:

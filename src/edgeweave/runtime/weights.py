@@ -5,8 +5,9 @@ worker receiving its stage, must each hold a stage's weights about once. `save` 
 materialised (the caller cloned them, too) and returns a second copy; `load` copies the bytes into
 new tensors while the message is still held. Here a blob is one preallocated buffer filled tensor
 by tensor (from memory, or straight from a checkpoint file's byte ranges), and the receiver's
-tensors are views into the buffer it received. The format stays safetensors: bytes and a JSON
-header, nothing that can carry code, and `safetensors.torch.load` reads our blobs and we read its.
+tensors are views into the buffer it received, each 64-byte aligned (see ALIGN: alignment
+changes float results). The format stays safetensors: bytes and a JSON header, nothing that can
+carry code, and `safetensors.torch.load` reads our blobs and we read its.
 
 `WeightFile` is a read-only mapping over a .safetensors file: nothing is read until a key is
 asked for, so a session that ships weights from it holds one stage at a time, not the model
@@ -42,7 +43,13 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
 MAX_HEADER = 100 << 20  # safetensors' own cap on the JSON header
-_ALIGN = 8  # the header is padded so that the data section starts 8-aligned
+# Every tensor starts 64-byte aligned, in the blob and in memory. Not a nicety: the CPU kernels
+# pick their vector path by the address, and resnet50's output moved by 3e-5 with its weights 4
+# bytes off alignment (0 at 16, 32, 48) -- a split run would no longer equal single-device
+# execution. safetensors allows no gaps between tensors, so a gap is a padding entry (`PAD`),
+# which readers here drop; the JSON header is space-padded to the same alignment.
+ALIGN = 64
+PAD = "__edgeweave_pad__."
 
 
 @dataclass(frozen=True)
@@ -60,25 +67,33 @@ class Entry:
 
 
 def _layout(specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]]) -> tuple[bytes, dict[str, Entry]]:
-    """Header bytes (length prefix included, padded to 8) and each tensor's place in the data section.
-    Widest dtypes first and back to back (safetensors allows no gaps): every tensor's size is a
-    multiple of its element size, so every start stays aligned for its dtype."""
-    order = sorted(specs, key=lambda s: (-s[1].itemsize, s[0]))
+    """Header bytes (length prefix included, padded to ALIGN) and each tensor's place in the data
+    section, every start ALIGN-aligned, the gaps filled by PAD entries (uint8, never read)."""
     entries: dict[str, Entry] = {}
+    meta: dict[str, dict] = {}
     offset = 0
-    for key, dtype, shape in order:
+    for key, dtype, shape in specs:
         if dtype not in _NAMES:
             raise ValueError(f"weight {key!r} has dtype {dtype}, which a weight blob cannot carry")
+        gap = -offset % ALIGN
+        if gap:
+            meta[f"{PAD}{len(meta)}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
+            offset += gap
         nbytes = math.prod(shape) * dtype.itemsize
         entries[key] = Entry(dtype, tuple(shape), offset, offset + nbytes)
+        meta[key] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    meta = {
-        k: {"dtype": _NAMES[e.dtype], "shape": list(e.shape), "data_offsets": [e.start, e.end]}
-        for k, e in entries.items()
-    }
     raw = json.dumps(meta, separators=(",", ":")).encode()
-    raw += b" " * (-(len(raw) + 8) % _ALIGN)
+    raw += b" " * (-(len(raw) + 8) % ALIGN)
     return struct.pack("<Q", len(raw)) + raw, entries
+
+
+def aligned_buffer(nbytes: int) -> memoryview:
+    """A writable buffer of `nbytes` whose first byte is ALIGN-aligned (torch's CPU allocator
+    aligns to 64; a bytearray only to 16). The memoryview keeps its storage alive."""
+    if nbytes == 0:
+        return memoryview(bytearray())
+    return memoryview(torch.empty(nbytes, dtype=torch.uint8).numpy()).cast("B")
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -92,22 +107,21 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
-def weights_blob(weights: Mapping[str, torch.Tensor], keys: list[str]) -> bytearray:
-    """The named weights as one safetensors buffer. A `WeightFile` fills it from the file; any
-    other mapping from its tensors' memory. Either way the buffer is the only copy made."""
+def weights_blob(weights: Mapping[str, torch.Tensor], keys: list[str]) -> memoryview | bytes:
+    """The named weights as one safetensors buffer (aligned: see ALIGN). A `WeightFile` fills it
+    from the file; any other mapping from its tensors' memory. Either way the buffer is the only
+    copy made."""
     if not keys:
-        return bytearray()
+        return b""
     if isinstance(weights, WeightFile):
         return weights.blob(keys)
     tensors = {k: weights[k] for k in keys}
     head, entries = _layout((k, t.dtype, tuple(t.shape)) for k, t in tensors.items())
-    end = max(e.end for e in entries.values())
-    buf = bytearray(len(head) + end)
-    buf[: len(head)] = head
-    view = memoryview(buf)
+    view = aligned_buffer(len(head) + max(e.end for e in entries.values()))
+    view[: len(head)] = head
     for key, e in entries.items():
         view[len(head) + e.start : len(head) + e.end] = _tensor_bytes(tensors[key])
-    return buf
+    return view
 
 
 def parse_header(buf: memoryview) -> tuple[int, dict[str, Entry]]:
@@ -146,26 +160,27 @@ def parse_header(buf: memoryview) -> tuple[int, dict[str, Entry]]:
 
 
 def load_weights_blob(blob: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors buffer. From a writable buffer (what `protocol.join_deploy`
-    makes) they are views into it, so receiving a stage costs its bytes once; from read-only bytes
-    they are copies."""
+    """The tensors of a safetensors buffer (PAD entries dropped). From a writable buffer whose
+    tensors sit ALIGN-aligned (what `weights_blob` lays out and `protocol.join_deploy` receives
+    into) they are views into it, so receiving a stage costs its bytes once; a tensor of another
+    writer's layout, or of read-only bytes, is copied to aligned memory."""
     if not blob:
         return {}
-    view = memoryview(blob)
+    view = memoryview(blob).cast("B")
     base, entries = parse_header(view)
     if view.readonly:
-        view = memoryview(bytearray(view))
+        copy = aligned_buffer(len(view))
+        copy[:] = view
+        view = copy
+    whole = torch.frombuffer(view, dtype=torch.uint8)
     out = {}
     for key, e in entries.items():
-        if e.nbytes == 0:
-            out[key] = torch.empty(e.shape, dtype=e.dtype)
+        if key.startswith(PAD):
             continue
-        raw = torch.frombuffer(view, dtype=torch.uint8, count=e.nbytes, offset=base + e.start)
-        out[key] = (
-            raw.view(e.dtype).view(e.shape)
-            if (base + e.start) % e.dtype.itemsize == 0
-            else raw.clone().view(e.dtype).view(e.shape)
-        )
+        raw = whole[base + e.start : base + e.end]
+        if e.nbytes and raw.data_ptr() % ALIGN:
+            raw = raw.clone()  # torch's allocator aligns it
+        out[key] = raw.view(e.dtype).view(e.shape) if e.nbytes else torch.empty(e.shape, dtype=e.dtype)
     return out
 
 
@@ -196,37 +211,36 @@ class WeightFile(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, key: str) -> torch.Tensor:
         e = self.entries[key]
-        buf = bytearray(e.nbytes)
+        out = torch.empty(e.shape, dtype=e.dtype)
+        if e.nbytes == 0:
+            return out
         with open(self.path, "rb") as f:
             f.seek(self.base + e.start)
-            if f.readinto(buf) != e.nbytes:
+            if f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()).cast("B")) != e.nbytes:
                 raise UserError(f"weights file {self.path} is truncated at {key!r}")
-        if e.nbytes == 0:
-            return torch.empty(e.shape, dtype=e.dtype)
-        return torch.frombuffer(buf, dtype=torch.uint8).view(e.dtype).view(e.shape)
+        return out
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.entries)
+        return (k for k in self.entries if not k.startswith(PAD))
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return sum(1 for _ in self)
 
     def nbytes(self, keys: Iterable[str]) -> int:
         return sum(self.entries[k].nbytes for k in keys)
 
-    def blob(self, keys: list[str]) -> bytearray:
+    def blob(self, keys: list[str]) -> memoryview:
         """The named tensors as a safetensors buffer, read from the file straight into it."""
         head, entries = _layout((k, self.entries[k].dtype, self.entries[k].shape) for k in keys)
-        buf = bytearray(len(head) + max(e.end for e in entries.values()))
-        buf[: len(head)] = head
-        view = memoryview(buf)
+        view = aligned_buffer(len(head) + max(e.end for e in entries.values()))
+        view[: len(head)] = head
         with open(self.path, "rb") as f:
             for key, e in entries.items():
                 src = self.entries[key]
                 f.seek(self.base + src.start)
                 if f.readinto(view[len(head) + e.start : len(head) + e.end]) != e.nbytes:
                     raise UserError(f"weights file {self.path} is truncated at {key!r}")
-        return buf
+        return view
 
 
 class _Sized:
@@ -248,5 +262,8 @@ def save_weights(weights: Mapping[str, torch.Tensor], path: str | os.PathLike[st
     head, entries = _layout((k, weights[k].dtype, tuple(weights[k].shape)) for k in keys)
     with open(path, "wb") as f:
         f.write(head)
-        for key in entries:
+        pos = 0
+        for key, e in entries.items():
+            f.write(b"\0" * (e.start - pos))  # a PAD entry's bytes
             f.write(_tensor_bytes(weights[key]))
+            pos = e.end
