@@ -183,3 +183,26 @@ def test_hand_given_choices_keep_a_single_segment(deep_stack) -> None:
     cl = cluster("1Gbps", {"a": 1.0, "b": 1.0}, latency="0.1ms")
     plan = plan_hybrid(profile, graph, cl, options=HybridOptions(ratios=(0.5, 0.5)))
     assert not plan.cost_model.get("joints")
+
+
+def test_values_that_skip_the_split_reach_the_suffix_device(models) -> None:
+    """LR-ASPP's head reads an early feature map that no split segment outputs: a split whose
+    suffix runs on the server must ship it there too (it did not, and the server failed)."""
+    from edgeweave.plan.band import build_hybrid_plan
+    from edgeweave.plan.band.emit import skipped_values
+
+    spec, graph, weights, profile = models("lraspp_mobilenet_v3_large", (1, 3, 96, 128))
+    cl = cluster("100Mbps", ROBOT_SERVER)
+    pm = PipelineModel.build(profile, cl)
+    choice = next(
+        c
+        for c in hybrid_splits(profile, graph, pm, options=HybridOptions(ratios=(0.5, 0.5)))
+        if c.suffix_device != pm.source and skipped_values(graph, c.first, c.last)
+    )
+    plan = build_hybrid_plan(profile, graph, cl, pm, choice, "latency")
+    skip = next(t for t in plan.tasks if t.id == "xskip")
+    assert (
+        skip.src == "robot" and skip.dst == "server" and skip.values == skipped_values(graph, choice.first, choice.last)
+    )
+    expected = GraphRunner(graph, weights).run(spec.example_input)
+    assert torch.equal(dry_run(plan, graph, weights, spec.example_input), expected)

@@ -25,6 +25,36 @@ def with_message_overhead(plan: Plan) -> Plan:
 
 
 
+def skipped_values(graph: OpGraph, first: int, last: int) -> list[str]:
+    """Values made before node `first` (or the input) that a node after `last` reads: they skip
+    the split segment, so the device that runs the suffix needs them from the source."""
+    index = graph.index()
+    skipped: dict[str, None] = {}
+    for node in graph.nodes[last + 1 :]:
+        for ref in node.inputs:
+            if index.get(ref, -1) < first:
+                skipped[ref] = None
+    return list(skipped)
+
+
+def skip_transfer(
+    profile: Profile, graph: OpGraph, src: str, dst: str, first: int, last: int, after: list[str]
+) -> TransferTask | None:
+    """The transfer of `skipped_values` from the source to the suffix device, if there are any."""
+    values = skipped_values(graph, first, last) if src != dst else []
+    if not values:
+        return None
+    return TransferTask(
+        id="xskip",
+        src=src,
+        dst=dst,
+        values=values,
+        bytes=sum(profile.value_bytes(v) for v in values),
+        after=list(after),
+        overhead_s=MESSAGE_OVERHEAD_S,
+    )
+
+
 def band_input(
     task_id: str, src: str, dst: str, sched: BandSchedule, j: int, after: list[str], region: dict
 ) -> TransferTask:
@@ -125,6 +155,10 @@ def build_hybrid_plan(
             gathers.append(tasks[-1].id)
     first_band = len(tasks) - sum(1 for t in tasks if t.id.startswith(("band", "out")))
     tasks[first_band:first_band] = sends
+    skip = skip_transfer(profile, graph, src, suffix_name, choice.first, choice.last, after_prefix)
+    if skip is not None:  # after every band message on its link: the suffix needs it last
+        tasks.append(skip)
+        gathers.append(skip.id)
     last_task = gathers
     if choice.last + 1 < len(profile.nodes):
         nodes = list(range(choice.last + 1, len(profile.nodes)))

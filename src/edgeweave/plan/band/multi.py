@@ -25,7 +25,7 @@ from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import own_bands
 from edgeweave.plan.band.cost import MESSAGE_OVERHEAD_S
-from edgeweave.plan.band.emit import band_compute, band_input
+from edgeweave.plan.band.emit import band_compute, band_input, skip_transfer
 from edgeweave.plan.band.geometry import MultiGeometry, SegmentCost, axis_extent, step_costs
 from edgeweave.plan.band.search import SplitChoice
 from edgeweave.plan.costmodel import PipelineModel
@@ -228,6 +228,10 @@ def build_multi_plan(
             )
         )
         gathers.append(tasks[-1].id)
+    skip = skip_transfer(profile, graph, src, suffix_name, split.first, split.last, after_prefix)
+    if skip is not None:
+        tasks.append(skip)
+        gathers.append(skip.id)
     last_task = gathers
     if split.last + 1 < len(profile.nodes):
         nodes_after = list(range(split.last + 1, len(profile.nodes)))
