@@ -504,7 +504,7 @@ def test_ctrl_c_stops_every_worker_within_2_s_and_exits_130(
         while session_members(proc.pid) and time.monotonic() - interrupted < 10:
             time.sleep(0.02)
         gone_after = time.monotonic() - interrupted
-        assert proc.wait(5) == 130
+        assert proc.wait(30) == 130  # exits at once; the slack is for a loaded machine (the 2 s is asserted next)
         assert gone_after < 2.0, gone_after
         assert "Traceback" not in proc.stderr.read().decode()
     finally:
