@@ -9,9 +9,10 @@ Three processes' worth of roles:
      from a FLOP-estimated profile with each worker's memory, and ships each worker its stage
      read from the checkpoint, one stage at a time (`runtime.weights.WeightFile`).
   3. The workers: local processes, each under RLIMIT_DATA (`runtime.process.hold_memory`) set to
-     an idle worker's data memory plus what its stage needs at deploy (twice its weights while
-     the deploy message is held, then once) plus a margin: less than an idle worker plus the
-     model's weights, so no single worker could hold the model.
+     an idle worker's data memory plus its stage's weights (received tensor by tensor while the
+     deploy message's frames are released, so about once) plus a quarter of them and a margin
+     (threads, activations): less than an idle worker plus the model's weights, so no single
+     worker could hold the model.
 
 Reported: exactness against the reference (bit-identical, and max abs error), each worker's peak
 RSS (VmHWM) against the plan's memory figure for its stage (parameters + largest activation, the
@@ -38,7 +39,7 @@ from typing import Any
 
 MiB = 1 << 20
 FLOPS_PER_S = 20e9  # a profile's times only shape the cut; memory decides who can hold what
-MARGIN = 64 * MiB  # per worker, on top of an idle worker's data memory and twice its stage
+MARGIN = 64 * MiB  # per worker, on top of an idle worker's data memory and 1.25x its stage
 
 
 def prepare(model: str, folder: Path, requests: int, overrides: dict[str, int]) -> dict[str, Any]:
@@ -197,7 +198,7 @@ def _coordinate(
     figures = stage_figures(graph, plan)
     idle_mem = idle_worker()
     idle = idle_mem["data"]
-    limits = {dev: idle + 2 * fig["param_bytes"] + margin for dev, fig in figures.items() if dev != cluster.source}
+    limits = {dev: idle + fig["param_bytes"] * 5 // 4 + margin for dev, fig in figures.items() if dev != cluster.source}
     options = SessionOptions(memory_limits=limits, connect_timeout_s=30.0)
     t1 = time.perf_counter()
     with Session(cluster, plan, graph, weights, options) as session:

@@ -35,7 +35,7 @@ from edgeweave.graph.opgraph import dtype_from_name
 from edgeweave.graph.opset import check_node
 from edgeweave.plan.ir import Task
 from edgeweave.runtime.admission import Admission, Refused
-from edgeweave.runtime.weights import aligned_buffer
+from edgeweave.runtime.weights import load_weights_frames
 from edgeweave.runtime.wire import NHWC, PROTOCOL, WireError, from_wire_order
 
 DATA_HEADER_LIMIT = 64 << 10  # any header that is not the coordinator's
@@ -252,21 +252,12 @@ def deploy_frames(header: dict[str, Any], blob: bytes) -> list[Any]:
     return [json.dumps(envelope).encode(), *_chunks(raw), *_chunks(blob)]
 
 
-def _join_into(chunks: list[Any], nbytes: int) -> memoryview:
-    """The weight chunks copied into one aligned writable buffer (no per-chunk copies first): the
-    worker's tensors become views into it (`weights.load_weights_blob`), so a stage's weights cost
-    their size once after the message is released, and twice only while it is held."""
-    view, pos = aligned_buffer(nbytes), 0
-    for f in chunks:
-        data = f.buffer if hasattr(f, "buffer") else memoryview(f)
-        view[pos : pos + len(data)] = data
-        pos += len(data)
-    return view
-
-
-def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], memoryview]:
+def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The (header, weights) of a deploy message checked frame by frame against its envelope;
-    a ValueError says what is wrong (the worker reports it to the coordinator)."""
+    a ValueError says what is wrong (the worker reports it to the coordinator). The weight
+    frames are consumed tensor by tensor: `frames` holds None in their place afterwards, so where
+    that list is their only holder (the worker's receive loop) a stage costs its weights about
+    once, not twice (`weights.load_weights_frames`)."""
     if envelope.keys() != _DEPLOY_FIELDS or envelope["tensors"] != []:
         raise ValueError("malformed deploy envelope")
     sizes = envelope["header_bytes"], envelope["weight_bytes"]
@@ -281,16 +272,16 @@ def join_deploy(envelope: dict[str, Any], frames: list[Any]) -> tuple[dict[str, 
         if sum(lengths) != n or any(k != DEPLOY_CHUNK for k in lengths[:-1]):
             raise ValueError("deploy message: a chunk has the wrong length")
     header_raw = b"".join(f.bytes if hasattr(f, "bytes") else bytes(f) for f in parts[0])
-    blob = _join_into(parts[1], sizes[1])
+    del parts, chunks  # the slices hold the frames too
     try:
         header = json.loads(header_raw)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"deploy header is not JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict) or header.get("type") != "deploy":
         raise ValueError("deploy header is not a deploy message")
-    if header.get("has_weights") is not bool(blob):
-        raise ValueError(f"deploy message carries {len(blob)} bytes of weights; has_weights disagrees")
-    return header, blob
+    if header.get("has_weights") is not (sizes[1] > 0):
+        raise ValueError(f"deploy message carries {sizes[1]} bytes of weights; has_weights disagrees")
+    return header, load_weights_frames(frames, 1 + counts[0], sizes[1])
 
 
 _OP = re.compile(r"^(getitem|[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)$")

@@ -16,6 +16,7 @@ asked for, so a session that ships weights from it holds one stage at a time, no
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -159,11 +161,14 @@ def parse_header(buf: memoryview) -> tuple[int, dict[str, Entry]]:
     return 8 + hlen, entries
 
 
-def load_weights_blob(blob: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+def load_weights_blob(blob: bytes | bytearray | memoryview | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors buffer (PAD entries dropped). From a writable buffer whose
-    tensors sit ALIGN-aligned (what `weights_blob` lays out and `protocol.join_deploy` receives
-    into) they are views into it, so receiving a stage costs its bytes once; a tensor of another
-    writer's layout, or of read-only bytes, is copied to aligned memory."""
+    tensors sit ALIGN-aligned (what `weights_blob` lays out: the source's own deployment) they are
+    views into it; a tensor of another writer's layout, or of read-only bytes, is copied to
+    aligned memory. A dict is weights already received tensor by tensor (`load_weights_frames`,
+    what `protocol.join_deploy` returns), taken as they are."""
+    if isinstance(blob, dict):
+        return blob
     if not blob:
         return {}
     view = memoryview(blob).cast("B")
@@ -182,6 +187,83 @@ def load_weights_blob(blob: bytes | bytearray | memoryview) -> dict[str, torch.T
             raw = raw.clone()  # torch's allocator aligns it
         out[key] = raw.view(e.dtype).view(e.shape) if e.nbytes else torch.empty(e.shape, dtype=e.dtype)
     return out
+
+
+def load_weights_frames(frames: list[Any], first: int, nbytes: int) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors blob that arrived as `frames[first:]` (`nbytes` in all), each
+    copied into memory of its own, each frame released (set to None in `frames`) as soon as the
+    tensors read past it. Why not join the frames into one buffer first: that buffer is mapped, and
+    counted by RLIMIT_DATA, the moment it is allocated, while the frames still hold every byte, so
+    a device would need twice its stage. Here the frames shrink as the tensors grow: about once."""
+    if nbytes == 0:
+        return {}
+    reader = _FrameReader(frames, first)
+    if reader.size != nbytes:
+        raise ValueError("weight frames disagree with the blob's length")
+    head = reader.read(0, min(8, nbytes))
+    if len(head) < 8:
+        raise ValueError("weight blob shorter than its length prefix")
+    (hlen,) = struct.unpack("<Q", head)
+    if hlen > min(MAX_HEADER, nbytes - 8):
+        raise ValueError("weight blob header length out of range")
+    base, entries = parse_header(_Sized(reader.read(0, 8 + hlen), nbytes))  # type: ignore[arg-type]
+    out = {}
+    for key, e in sorted(entries.items(), key=lambda kv: kv[1].start):  # parse_header refused overlaps
+        tensor = torch.empty(e.shape, dtype=e.dtype)  # torch's allocator: ALIGN-aligned
+        if e.nbytes:
+            reader.copy_into(base + e.start, memoryview(tensor.view(-1).view(torch.uint8).numpy()).cast("B"))
+        reader.release_below(base + e.end)
+        if not key.startswith(PAD):
+            out[key] = tensor
+    reader.release_below(nbytes)
+    return out
+
+
+class _FrameReader:
+    """Byte ranges of a blob spread over consecutive frames (zmq Frames, bytes or memoryviews)."""
+
+    def __init__(self, frames: list[Any], first: int):
+        self.frames, self.first = frames, first
+        self.starts: list[int] = []
+        pos = 0
+        for f in frames[first:]:
+            self.starts.append(pos)
+            pos += len(self._data(f))
+        self.size = pos
+        self.released = first  # frames before this index are gone
+
+    @staticmethod
+    def _data(frame: Any) -> memoryview:
+        return (frame.buffer if hasattr(frame, "buffer") else memoryview(frame)).cast("B")
+
+    def _index(self, pos: int) -> int:
+        return self.first + max(0, bisect.bisect_right(self.starts, pos) - 1)
+
+    def read(self, lo: int, hi: int) -> bytes:
+        out = bytearray(hi - lo)
+        self.copy_into(lo, memoryview(out))
+        return bytes(out)
+
+    def copy_into(self, lo: int, dst: memoryview) -> None:
+        pos, done = lo, 0
+        while done < len(dst):
+            i = self._index(pos)
+            data = self._data(self.frames[i])
+            off = pos - self.starts[i - self.first]
+            n = min(len(data) - off, len(dst) - done)
+            dst[done : done + n] = data[off : off + n]
+            pos, done = pos + n, done + n
+
+    def release_below(self, pos: int) -> None:
+        """Drop every frame that ends at or before byte `pos`."""
+        end = len(self.frames)
+        while self.released < end:
+            i = self.released
+            stop = self.starts[i + 1 - self.first] if i + 1 < end else self.size
+            if stop > pos:
+                break
+            self.frames[i] = None
+            self.released += 1
 
 
 class WeightFile(Mapping[str, torch.Tensor]):

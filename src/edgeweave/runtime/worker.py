@@ -342,7 +342,9 @@ class Worker:
     def _serve_one(self, frames: list[Any]) -> str | None:
         """Handle one message; the drop reason when it was dropped (counted), else None."""
         try:
-            self._handle(frames[0].bytes, frames[1:])
+            # the peer's frame popped in place, not a slice: the receive loop's list stays the only
+            # holder of a deploy message's frames, which protocol.join_deploy releases as it copies
+            self._handle(frames.pop(0).bytes, frames)
             return None
         except Drop as exc:
             self.dropped += 1
