@@ -172,7 +172,9 @@ def _check_held_run(report: dict) -> None:
     assert report["exact"] and report["max_abs_err"] == 0.0
     assert report["no_worker_could_hold_the_model"]
     for dev, w in report["per_worker"].items():
-        assert w["peak_rss"] < w["os_limit"], dev
+        # The kernel holds each worker's data memory (RLIMIT_DATA) to os_limit, and the run went
+        # through. RSS also counts shared library pages, which that limit does not (a cold page
+        # cache put a worker's peak RSS above its limit in CI), so RSS is compared above idle:
         # the stage costs its weights about once, at deploy too (frames released as tensors fill)
         assert w["peak_rss"] - report["idle_worker_rss"] < 1.25 * w["param_bytes"] + 64 * MiB, dev
     control = report["control"]

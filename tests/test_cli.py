@@ -492,6 +492,9 @@ def test_ctrl_c_stops_every_worker_within_2_s_and_exits_130(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal gives a foreground job
+        # and Ctrl-C's default action, as a foreground job has: a suite started in the background
+        # by a script inherits SIGINT ignored, and Python then keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 90
@@ -504,7 +507,7 @@ def test_ctrl_c_stops_every_worker_within_2_s_and_exits_130(
         while session_members(proc.pid) and time.monotonic() - interrupted < 10:
             time.sleep(0.02)
         gone_after = time.monotonic() - interrupted
-        assert proc.wait(30) == 130  # exits at once; the slack is for a loaded machine (the 2 s is asserted next)
+        assert proc.wait(10) == 130  # it exits at once; the slack is for a loaded machine
         assert gone_after < 2.0, gone_after
         assert "Traceback" not in proc.stderr.read().decode()
     finally:
