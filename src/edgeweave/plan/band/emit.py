@@ -55,6 +55,54 @@ def skip_transfer(
     )
 
 
+def prefix_task(pm: PipelineModel, first: int) -> list[ComputeTask]:
+    """The layer-wise prefix before a split, on the source (none when the split starts at the input)."""
+    if first == 0:
+        return []
+    nodes = list(range(first))
+    return [ComputeTask(id="pre", device=pm.devices[pm.source], nodes=nodes, time_s=pm.nodes_time(nodes, pm.source))]
+
+
+def finish_split(
+    profile: Profile,
+    graph: OpGraph,
+    pm: PipelineModel,
+    tasks: list[ComputeTask | TransferTask],
+    gathers: list[str],
+    first: int,
+    last: int,
+    suffix_device: int,
+) -> None:
+    """The tail every split plan shares, appended to `tasks`: values that skip the split go to the
+    suffix device (after every band message on their link: the suffix needs them last), the
+    layer-wise suffix runs there once the bands are gathered, and the result returns to the source."""
+    src, suffix_name = pm.devices[pm.source], pm.devices[suffix_device]
+    after_prefix = ["pre"] if first > 0 else []
+    skip = skip_transfer(profile, graph, src, suffix_name, first, last, after_prefix)
+    if skip is not None:
+        tasks.append(skip)
+        gathers = [*gathers, skip.id]
+    last_task = gathers
+    if last + 1 < len(profile.nodes):
+        nodes = list(range(last + 1, len(profile.nodes)))
+        time_s = pm.nodes_time(nodes, suffix_device)
+        post = ComputeTask(id="post", device=suffix_name, nodes=nodes, after=gathers, time_s=time_s)
+        tasks.append(post)
+        last_task = [post.id]
+    if suffix_name != src:
+        tasks.append(
+            TransferTask(
+                id="xout",
+                src=suffix_name,
+                dst=src,
+                values=[profile.nodes[-1].name],
+                bytes=profile.output_bytes,
+                after=last_task,
+                overhead_s=MESSAGE_OVERHEAD_S,
+            )
+        )
+
+
 def band_input(
     task_id: str, src: str, dst: str, sched: BandSchedule, j: int, after: list[str], region: dict
 ) -> TransferTask:
@@ -115,20 +163,8 @@ def build_hybrid_plan(
     seg = make_segment(graph, choice.first, choice.last, choice.axis)
     names = pm.devices
     src = names[pm.source]
-    tasks: list[ComputeTask | TransferTask] = []
-    after_prefix: list[str] = []
-    if choice.first > 0:
-        nodes = list(range(0, choice.first))
-        tasks.append(
-            ComputeTask(
-                id="pre",
-                device=src,
-                nodes=nodes,
-                after=[],
-                time_s=pm.nodes_time(nodes, pm.source),
-            )
-        )
-        after_prefix = ["pre"]
+    tasks: list[ComputeTask | TransferTask] = list(prefix_task(pm, choice.first))
+    after_prefix = [t.id for t in tasks]
     region = {"axis": choice.axis, "segment": [seg.first, seg.last]}
     suffix_name = names[choice.suffix_device]
     gathers: list[str] = []
@@ -155,35 +191,7 @@ def build_hybrid_plan(
             gathers.append(tasks[-1].id)
     first_band = len(tasks) - sum(1 for t in tasks if t.id.startswith(("band", "out")))
     tasks[first_band:first_band] = sends
-    skip = skip_transfer(profile, graph, src, suffix_name, choice.first, choice.last, after_prefix)
-    if skip is not None:  # after every band message on its link: the suffix needs it last
-        tasks.append(skip)
-        gathers.append(skip.id)
-    last_task = gathers
-    if choice.last + 1 < len(profile.nodes):
-        nodes = list(range(choice.last + 1, len(profile.nodes)))
-        tasks.append(
-            ComputeTask(
-                id="post",
-                device=suffix_name,
-                nodes=nodes,
-                after=gathers,
-                time_s=pm.nodes_time(nodes, choice.suffix_device),
-            )
-        )
-        last_task = ["post"]
-    if suffix_name != src:
-        tasks.append(
-            TransferTask(
-                id="xout",
-                src=suffix_name,
-                dst=src,
-                values=[profile.nodes[-1].name],
-                bytes=profile.output_bytes,
-                after=last_task,
-                overhead_s=MESSAGE_OVERHEAD_S,
-            )
-        )
+    finish_split(profile, graph, pm, tasks, gathers, choice.first, choice.last, choice.suffix_device)
     chunks = max(
         (
             len(sc.chunks)

@@ -25,7 +25,7 @@ from edgeweave.graph.locality import Interval
 from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import own_bands
 from edgeweave.plan.band.cost import MESSAGE_OVERHEAD_S
-from edgeweave.plan.band.emit import band_compute, band_input, skip_transfer
+from edgeweave.plan.band.emit import band_compute, band_input, finish_split, prefix_task
 from edgeweave.plan.band.geometry import MultiGeometry, SegmentCost, axis_extent, step_costs
 from edgeweave.plan.band.search import SplitChoice
 from edgeweave.plan.costmodel import PipelineModel
@@ -98,20 +98,8 @@ def build_multi_plan(
     regions = [{"axis": split.axis, "segment": [a, b]} for a, b in bounds]
     producer = {v: k for k, c in enumerate(costs) for v in c.segment.outputs}
 
-    tasks: list[ComputeTask | TransferTask] = []
-    after_prefix: list[str] = []
-    if split.first > 0:
-        nodes = list(range(split.first))
-        tasks.append(
-            ComputeTask(
-                id="pre",
-                device=src,
-                nodes=nodes,
-                after=[],
-                time_s=pm.nodes_time(nodes, pm.source),
-            )
-        )
-        after_prefix = ["pre"]
+    tasks: list[ComputeTask | TransferTask] = list(prefix_task(pm, split.first))
+    after_prefix = [t.id for t in tasks]
 
     # steps[k, p]: (task id, own rows it finished) per step of device p's band of sub-segment k
     steps: dict[tuple[int, int], list[tuple[str, dict[str, Interval]]]] = {}
@@ -228,35 +216,7 @@ def build_multi_plan(
             )
         )
         gathers.append(tasks[-1].id)
-    skip = skip_transfer(profile, graph, src, suffix_name, split.first, split.last, after_prefix)
-    if skip is not None:
-        tasks.append(skip)
-        gathers.append(skip.id)
-    last_task = gathers
-    if split.last + 1 < len(profile.nodes):
-        nodes_after = list(range(split.last + 1, len(profile.nodes)))
-        tasks.append(
-            ComputeTask(
-                id="post",
-                device=suffix_name,
-                nodes=nodes_after,
-                after=gathers,
-                time_s=pm.nodes_time(nodes_after, split.suffix_device),
-            )
-        )
-        last_task = ["post"]
-    if suffix_name != src:
-        tasks.append(
-            TransferTask(
-                id="xout",
-                src=suffix_name,
-                dst=src,
-                values=[profile.nodes[-1].name],
-                bytes=profile.output_bytes,
-                after=last_task,
-                overhead_s=MESSAGE_OVERHEAD_S,
-            )
-        )
+    finish_split(profile, graph, pm, tasks, gathers, split.first, split.last, split.suffix_device)
     shares = ", ".join(f"{names[d]} {100 * r:.0f}%" for d, r in zip(devices, ratios, strict=True))
     joints = ", ".join(str(c) for c in split.cuts)
     return Plan(
