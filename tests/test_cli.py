@@ -255,6 +255,7 @@ def test_planning_commands_do_not_import_torch(profile_path: Path, tmp_path: Pat
         (["demo", "--energy-scope", "moon"], "unknown --energy-scope 'moon'"),
         (["run", "vit_l_16", "--checkpoint", "nowhere.pt"], "checkpoint nowhere.pt does not exist"),
         (["run", "vit_l_16", "--out", "TRUNCATED"], "cannot create the folder"),
+        (["run", "vit_l_16", "--fault", "kill:server@5", "--no-recover"], "cannot go with --no-recover"),
     ],
 )
 def test_cheap_mistakes_are_reported_before_the_model_is_built(args: list[str], message: str, tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from edgeweave.errors import UserError
+
 AdaptOpt = Annotated[
     bool,
     typer.Option(
@@ -42,10 +44,10 @@ NoRecoverOpt = Annotated[
 
 def resilience(adapt: bool, faults: list[str] | None, no_recover: bool = False) -> Any:
     """ResilienceOptions for the run: recovery is on unless `no_recover` (issue 13, item 6)."""
+    if no_recover and faults:  # before the runtime (and torch) is imported: a cheap mistake
+        raise UserError("--fault injects a failure to recover from; it cannot go with --no-recover")
     from edgeweave.runtime.resilient import Fault, ResilienceOptions
 
-    if no_recover and faults:
-        raise typer.BadParameter("--fault injects a failure to recover from; it cannot go with --no-recover")
     return ResilienceOptions(adapt=adapt, faults=[Fault.parse(f) for f in faults or []], recover=not no_recover)
 
 
