@@ -310,14 +310,14 @@ def multi_segment_split(
                 memo[split] = math.inf
         return memo[split]
 
+    helpers = {d: r for d, r in zip(base.devices, base.ratios, strict=True) if d != pm.source}
+    rest = sum(helpers.values())
+    # the helpers keep the base choice's proportions, or share alike where it gave them nothing
+    weight = {d: (r / rest if rest > 0 else 1 / len(helpers)) for d, r in helpers.items()}
+
     def shares(src_share: float) -> tuple[float, ...]:
-        """The source's share given, the helpers keep the base choice's proportions."""
-        rest = sum(r for d, r in zip(base.devices, base.ratios, strict=True) if d != pm.source) or 1.0
-        n_helpers = sum(1 for d in base.devices if d != pm.source)
-        return tuple(
-            src_share if d == pm.source else (1 - src_share) * (r / rest if rest else 1 / n_helpers)
-            for d, r in zip(base.devices, base.ratios, strict=True)
-        )
+        """The source's share given, the rest divided among the helpers by `weight`."""
+        return tuple(src_share if d == pm.source else (1 - src_share) * weight[d] for d in base.devices)
 
     def best_shares(split: MultiSplit) -> tuple[MultiSplit, float]:
         """Coarse scan of the source's share, then halving steps around the best."""
