@@ -13,6 +13,7 @@ from edgeweave.plan.band import HybridOptions, SegmentGeometry, hybrid_splits
 from edgeweave.plan.band.multi import MultiSplit, build_multi_plan, cut_candidates, multi_segment_split
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.hybrid import plan_hybrid
+from edgeweave.plan.ir import Plan
 from edgeweave.runtime.dryrun import dry_run
 from edgeweave.runtime.measure import RunConfig, run_plan
 from edgeweave.sim.simulator import simulate
@@ -58,8 +59,10 @@ def models(zoo_graph):
     return get
 
 
-def forced_split(profile, graph, pm, joints: int, ratios: tuple[float, ...]) -> MultiSplit:
-    """The longest split at the frame with `joints` evenly spread joints (whatever they cost)."""
+def forced_plan(profile, graph, cl: Cluster, joints: int, ratios: tuple[float, ...]) -> Plan:
+    """The plan of the longest split at the frame with `joints` evenly spread joints, gathered on
+    the last device (whatever it costs)."""
+    pm = PipelineModel.build(profile, cl)
     geometry = SegmentGeometry(profile, graph)
     first, last = max(
         ((c.segment.first, c.segment.last) for c in geometry.costs() if c.segment.first == 0),
@@ -68,8 +71,8 @@ def forced_split(profile, graph, pm, joints: int, ratios: tuple[float, ...]) -> 
     cands = cut_candidates(geometry.multi, first, last, "rows")
     assert len(cands) >= joints
     cuts = tuple(cands[(k + 1) * len(cands) // (joints + 1)] for k in range(joints))
-    devices = tuple(range(pm.num_devices))
-    return MultiSplit(first, last, "rows", cuts, devices, ratios, pm.num_devices - 1, 4), geometry
+    split = MultiSplit(first, last, "rows", cuts, tuple(range(pm.num_devices)), ratios, pm.num_devices - 1, 4)
+    return build_multi_plan(profile, graph, cl, pm, split, "latency", geometry.multi)
 
 
 @pytest.mark.parametrize(
@@ -86,9 +89,7 @@ def test_multi_segment_plans_compute_exactly(models, name, input_shape, joints, 
     plus the halo rows its neighbours send: the result is single-device execution's."""
     spec, graph, weights, profile = models(name, input_shape)
     cl = cluster("100Mbps", speeds)
-    pm = PipelineModel.build(profile, cl)
-    split, geometry = forced_split(profile, graph, pm, joints, ratios)
-    plan = build_multi_plan(profile, graph, cl, pm, split, "latency", geometry.multi)
+    plan = forced_plan(profile, graph, cl, joints, ratios)
     halos = [t for t in plan.transfer_tasks if t.id.startswith("halo")]
     assert len(halos) >= 2 * joints, [t.id for t in plan.tasks]  # each joint: both neighbours send rows
     assert all(t.region.bands for t in halos)
@@ -101,9 +102,7 @@ def test_halos_are_thin_rows_of_the_neighbours_band(models) -> None:
     """A halo carries only rows the receiver did not compute, from the neighbour that owns them."""
     _, graph, _, profile = models("keypoints_resnet18_fpn", (1, 3, 96, 128))
     cl = cluster("100Mbps", ROBOT_SERVER)
-    pm = PipelineModel.build(profile, cl)
-    split, geometry = forced_split(profile, graph, pm, 3, (0.5, 0.5))
-    plan = build_multi_plan(profile, graph, cl, pm, split, "latency", geometry.multi)
+    plan = forced_plan(profile, graph, cl, 3, (0.5, 0.5))
     owns = {(t.device, tuple(t.region.segment)): t.region.own for t in plan.compute_tasks if t.region}
     halo_bytes = whole_bytes = 0
     for t in plan.transfer_tasks:
@@ -121,9 +120,7 @@ def test_halos_are_thin_rows_of_the_neighbours_band(models) -> None:
 def test_multi_segment_plans_run_exactly_across_processes(models) -> None:
     spec, graph, weights, profile = models("keypoints_resnet18_fpn", (1, 3, 96, 128))
     cl = cluster("200Mbps", ROBOT_SERVER)
-    pm = PipelineModel.build(profile, cl)
-    split, geometry = forced_split(profile, graph, pm, 2, (0.4, 0.6))
-    plan = build_multi_plan(profile, graph, cl, pm, split, "latency", geometry.multi)
+    plan = forced_plan(profile, graph, cl, 2, (0.4, 0.6))
     result = run_plan(plan, cl, graph, weights, RunConfig(requests=3, warmup=1, single=1))
     assert result["correct"] and result["max_abs_err"] <= 1e-5
 
