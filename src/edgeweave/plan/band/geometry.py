@@ -132,19 +132,27 @@ def step_costs(cost: SegmentCost, own: dict[str, Interval], chunks: int, remote:
 
 
 
+def live_counts(graph: OpGraph, first: int, last: int, last_use: dict[str, int] | None = None) -> list[int]:
+    """For each node i in [first, last], how many values made in [first, i] a node after i still
+    reads: what would cross a cut after i (1 at a block's end)."""
+    last_use = last_uses(graph) if last_use is None else last_use
+    index = graph.index()
+    counts, live = [], 0
+    for i in range(first, last + 1):
+        live += 1 if last_use.get(graph.nodes[i].name, len(graph.nodes)) > i else 0
+        live -= sum(1 for r in set(graph.nodes[i].inputs) if last_use.get(r) == i and index.get(r, -1) >= first)
+        counts.append(live)
+    return counts
+
+
 def candidate_segments(graph: OpGraph, max_per_run: int = 24) -> list[tuple[int, int, str]]:
     """Segments worth trying: each local run, ended where only one value leaves it (block ends)."""
     last_use = last_uses(graph)
-    index = graph.index()
     out = []
     for axis in ("rows", "cols"):
         for first, last in local_runs(graph, axis):
-            ends, live = [], 0
-            for i in range(first, last + 1):  # values produced in [first, i] still read after i
-                live += 1 if last_use.get(graph.nodes[i].name, len(graph.nodes)) > i else 0
-                live -= sum(1 for r in set(graph.nodes[i].inputs) if last_use.get(r) == i and index.get(r, -1) >= first)
-                if live == 1:
-                    ends.append(i)
+            counts = live_counts(graph, first, last, last_use)
+            ends = [first + k for k, live in enumerate(counts) if live == 1]
             step = max(1, len(ends) // max_per_run)
             for end in [*ends[::step], last]:
                 out.append((first, end, axis))
@@ -194,8 +202,3 @@ class MultiGeometry:
             seg = make_segment(self.graph, first, last, axis)
             self._costs[key] = SegmentCost(seg, self.profile) if seg is not None else None
         return self._costs[key]
-
-    def live_after(self, i: int, first: int) -> int:
-        """Values produced in [first, i] that a node after i still reads."""
-        nodes = self.graph.nodes
-        return sum(1 for k in range(first, i + 1) if self.last_use.get(nodes[k].name, len(nodes)) > i)

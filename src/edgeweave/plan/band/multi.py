@@ -26,7 +26,7 @@ from edgeweave.graph.opgraph import OpGraph
 from edgeweave.graph.regions import own_bands
 from edgeweave.plan.band.cost import MESSAGE_OVERHEAD_S
 from edgeweave.plan.band.emit import band_compute, band_input, finish_split, prefix_task
-from edgeweave.plan.band.geometry import MultiGeometry, SegmentCost, axis_extent, step_costs
+from edgeweave.plan.band.geometry import MultiGeometry, SegmentCost, axis_extent, live_counts, step_costs
 from edgeweave.plan.band.search import SplitChoice
 from edgeweave.plan.costmodel import PipelineModel
 from edgeweave.plan.ir import ComputeTask, Plan, Region, TransferTask
@@ -189,7 +189,7 @@ def build_multi_plan(
     outs = [
         nodes[i].name
         for i in range(split.first, split.last + 1)
-        if geometry.last_use.get(nodes[i].name, len(nodes)) > split.last or i == len(nodes) - 1
+        if geometry.last_use.get(nodes[i].name, len(nodes)) > split.last  # the output's last use is "after the end"
     ]
     suffix_name = names[split.suffix_device]
     suffix_pos = devices.index(split.suffix_device) if split.suffix_device in devices else -1
@@ -258,11 +258,12 @@ def cut_candidates(geometry: MultiGeometry, first: int, last: int, axis: str) ->
     every exchange) and both sides are local segments, spread evenly over the split's work."""
     times = [geometry.profile.nodes[i].time_s for i in range(first, last + 1)]
     total = sum(times) or 1.0
+    live = live_counts(geometry.graph, first, last, geometry.last_use)
     ok: list[tuple[float, int]] = []
     acc = 0.0
     for i in range(first, last):
         acc += times[i - first]
-        if not 0.05 < acc / total < 0.95 or geometry.live_after(i, first) > MAX_LIVE_AT_JOINT:
+        if not 0.05 < acc / total < 0.95 or live[i - first] > MAX_LIVE_AT_JOINT:
             continue
         if geometry.cost(first, i, axis) is None or geometry.cost(i + 1, last, axis) is None:
             continue
